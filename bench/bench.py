@@ -1,0 +1,908 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmarks: dmp-contained vs supervisord, Horust and tini (DESIGN.md §8).
+
+Normally started through bench/run.sh, which installs the peers and builds the C fixtures.
+
+    python3 bench/bench.py --tools-dir bench/.tools [--bin target/release/dmp-contained]
+                           [--only idle,logs,restart,zombies,shutdown] [--runs 3] [--lines 1000000]
+
+Benchmarks (each bounded in time; the whole run stays well under 15 minutes):
+  idle      RSS of the supervisor's own processes (for dmp-contained: shim + supervisor; workloads
+            excluded) and CPU ticks + context switches over 30 s, with 10 `sleep infinity` children.
+            All tools run concurrently during the same 30 s window.
+  logs      1,000,000 lines of 100 bytes from a fast C producer through the tool's log capture to a
+            file: wall time until the producer's last line is in the file, lines lost, supervisor
+            CPU; compared with a raw pipe (`producer | wc -l`).
+  restart   SIGKILL the child 20 times; latency = kill -> replacement process started (the child
+            stamps CLOCK_MONOTONIC as its first action).
+  zombies   each tool as PID 1 (`unshare --pid --fork --mount-proc`); a child forks 1,000
+            grandchildren that outlive it (sleep 50 ms, exit); zombies counted 100 ms and 1 s later.
+  shutdown  SIGTERM to the tool with 10 children, and with 10 children of which one ignores
+            SIGTERM; time until the tool exits, exit code, children left running.
+
+Only the standard library is used. Results: markdown on stdout and in bench/results-latest.md,
+raw numbers in bench/results-latest.json.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+OURS = "dmp-contained"
+
+
+def log(*a):
+    print("[bench]", *a, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- /proc helpers
+
+def read_stat(pid):
+    """(comm, state, ppid, session, utime, stime, starttime) or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    lp, rp = data.find(b"("), data.rfind(b")")
+    comm = data[lp + 1:rp].decode(errors="replace")
+    rest = data[rp + 2:].split()
+    # rest[0]=state [1]=ppid [2]=pgrp [3]=session ... [11]=utime [12]=stime ... [19]=starttime
+    return {
+        "comm": comm, "state": rest[0].decode(), "ppid": int(rest[1]), "session": int(rest[3]),
+        "utime": int(rest[11]), "stime": int(rest[12]), "starttime": int(rest[19]),
+    }
+
+
+def proc_table():
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = read_stat(int(name))
+            if st:
+                table[int(name)] = st
+    return table
+
+
+def tree(root, table=None):
+    """{pid: stat} of root and all its descendants."""
+    table = table if table is not None else proc_table()
+    children = {}
+    for pid, st in table.items():
+        children.setdefault(st["ppid"], []).append(pid)
+    out, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table and pid not in out:
+            out[pid] = table[pid]
+            todo.extend(children.get(pid, []))
+    return out
+
+
+def rss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def ctx_switches(pid):
+    """Voluntary + involuntary context switches summed over all threads (wake-ups)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if "ctxt_switches:" in line:
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def alive(pid, starttime=None):
+    st = read_stat(pid)
+    if not st or st["state"] in ("Z", "X"):
+        return False
+    return starttime is None or st["starttime"] == starttime
+
+
+def wait_for(cond, timeout, interval=0.01):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(interval)
+    return cond()
+
+
+def stats(values):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return {"min": min(vals), "median": statistics.median(vals), "max": max(vals), "n": len(vals)}
+
+
+# --------------------------------------------------------------------------- tools
+
+class Svc:
+    def __init__(self, name, argv, restart="always", stop_grace=5):
+        self.name, self.argv, self.restart, self.stop_grace = name, list(argv), restart, stop_grace
+
+
+class Tool:
+    name = "?"
+    comms = set()
+    note = ""
+    multi = True       # can run several services itself
+    restarts = True    # restarts a child that died
+
+    def available(self):
+        return True, ""
+
+    def argv(self, d, services, pid1=False):
+        raise NotImplementedError
+
+    def is_supervisor(self, st):
+        return st["comm"] in self.comms
+
+
+class Ours(Tool):
+    name = OURS
+    comms = {"dmp-contained"}
+
+    def __init__(self, binary, restart_overrides=None):
+        self.binary = binary
+        self.restart_overrides = restart_overrides
+
+    def available(self):
+        if self.binary and os.access(self.binary, os.X_OK):
+            return True, ""
+        return False, f"binary not found ({self.binary}); build with cargo build --release"
+
+    def argv(self, d, services, pid1=False):
+        q = json.dumps  # TOML basic strings accept JSON string escapes for our inputs
+        lines = ["[supervisor]", 'api_listen = "127.0.0.1:0"', f"socket = {q(d + '/dmp.sock')}",
+                 f"cache_dir = {q(d + '/cache')}", ""]
+        for s in services:
+            lines.append(f"[process.{s.name}]")
+            lines.append("command = [" + ", ".join(q(a) for a in s.argv) + "]")
+            lines.append(f'stop_timeout = "{s.stop_grace}s"')
+            if s.restart == "never":
+                lines.append('restart = { policy = "never" }')
+            elif self.restart_overrides:
+                lines.append("restart = { policy = \"always\", " + self.restart_overrides + " }")
+            lines.append("")
+        path = os.path.join(d, "supervisor.toml")
+        with open(path, "w") as f:
+            f.write("\n".join(lines))
+        return [self.binary, "up", "--config", path]
+
+
+class Supervisord(Tool):
+    name = "supervisord"
+    comms = {"supervisord"}
+
+    def available(self):
+        return (shutil.which("supervisord") is not None, "supervisord not installed")
+
+    def argv(self, d, services, pid1=False):
+        lines = ["[supervisord]", "nodaemon=true", "user=root", f"logfile={d}/supervisord.log",
+                 f"pidfile={d}/supervisord.pid", f"childlogdir={d}", "loglevel=warn", ""]
+        for s in services:
+            lines += [f"[program:{s.name}]", "command=" + shlex.join(s.argv).replace("%", "%%"),
+                      "autorestart=" + ("true" if s.restart == "always" else "false"),
+                      "startsecs=0", "startretries=1000", f"stopwaitsecs={s.stop_grace}",
+                      "stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0",
+                      "redirect_stderr=true", ""]
+        path = os.path.join(d, "supervisord.conf")
+        with open(path, "w") as f:
+            f.write("\n".join(lines))
+        return [shutil.which("supervisord"), "-n", "-c", path]
+
+
+class Horust(Tool):
+    name = "horust"
+    comms = {"horust"}
+    note = "children inherit horust's stdout (no capture, no prefix)"
+
+    def __init__(self, binary, install_pid=None):
+        self.binary, self.install_pid = binary, install_pid
+
+    def installing(self):
+        return bool(self.install_pid) and alive(self.install_pid)
+
+    def available(self):
+        if self.binary and os.access(self.binary, os.X_OK):
+            return True, ""
+        if self.installing():
+            return False, "cargo install horust still running"
+        return False, "horust not installed (see bench/.tools/horust-install.log)"
+
+    def argv(self, d, services, pid1=False):
+        sdir = os.path.join(d, "services")
+        os.makedirs(sdir, exist_ok=True)
+        for s in services:
+            with open(os.path.join(sdir, s.name + ".toml"), "w") as f:
+                f.write(f"command = {json.dumps(shlex.join(s.argv))}\n"
+                        f"[restart]\nstrategy = \"{'always' if s.restart == 'always' else 'never'}\"\n"
+                        f"[termination]\nwait = \"{s.stop_grace}s\"\n")
+        return [self.binary, "--config-path", os.path.join(d, "horust.toml"),
+                "--services-path", sdir, "--uds-folder-path", os.path.join(d, "uds")]
+
+
+class Tini(Tool):
+    name = "tini"
+    comms = {"tini"}
+    multi = False
+    restarts = False
+    note = "child inherits tini's stdout (no capture, no prefix)"
+
+    def available(self):
+        return (shutil.which("tini") is not None, "tini not installed")
+
+    def argv(self, d, services, pid1=False):
+        assert len(services) == 1
+        flags = ["-g"] if pid1 else ["-s", "-g"]
+        return [shutil.which("tini")] + flags + ["--"] + services[0].argv
+
+
+class NoInit(Tool):
+    """Reference row: no init at all, the workload's own shell/sleep is PID 1."""
+    name = "none (sleep as PID 1)"
+    comms = set()
+    multi = False
+    restarts = False
+
+    def argv(self, d, services, pid1=False):
+        return services[0].argv
+
+
+# --------------------------------------------------------------------------- running
+
+class Run:
+    def __init__(self, tool, d, services, stdout=None, pid1=False):
+        self.tool, self.d = tool, d
+        os.makedirs(d, exist_ok=True)
+        argv = tool.argv(d, services, pid1=pid1)
+        if pid1:
+            argv = ["unshare", "--pid", "--fork", "--mount-proc"] + argv
+        self.argv = argv
+        # O_APPEND: tools that reopen /dev/stdout (supervisord) get their own file offset, and
+        # without append their writes would overwrite each other (a pipe has no such problem).
+        self.out = open(stdout or os.path.join(d, "stdout.log"), "ab")
+        self.err = open(os.path.join(d, "stderr.log"), "wb")
+        self.t_start = time.monotonic()
+        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.err,
+                                  start_new_session=True, cwd=d)
+        self.pid = self.p.pid
+
+    def procs(self, table=None):
+        return tree(self.pid, table)
+
+    def supervisor_pids(self, table=None):
+        return [pid for pid, st in self.procs(table).items() if self.tool.is_supervisor(st)]
+
+    def session_pids(self):
+        return [pid for pid, st in proc_table().items()
+                if st["session"] == self.pid and st["state"] not in ("Z", "X")]
+
+    def stderr_tail(self, n=600):
+        try:
+            with open(os.path.join(self.d, "stderr.log"), "rb") as f:
+                return f.read()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def cleanup(self):
+        """Stop whatever is left: the tool, then anything in its session or tree."""
+        if self.p.poll() is None:
+            try:
+                self.p.send_signal(signal.SIGTERM)
+                self.p.wait(timeout=12)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                pass
+        for _ in range(3):
+            left = set(self.session_pids()) | set(self.procs())
+            left.discard(os.getpid())
+            if not left:
+                break
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        try:
+            self.p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.out.close()
+        self.err.close()
+
+
+class Bench:
+    def __init__(self, args):
+        self.a = args
+        self.tmp = tempfile.mkdtemp(prefix="dmp-bench-")
+        bindir = os.path.join(args.tools_dir, "bin")
+        self.producer = os.path.join(bindir, "line-producer")
+        self.stamper = os.path.join(bindir, "start-stamp")
+        self.horust = Horust(args.horust or shutil.which("horust") or os.path.join(bindir, "horust"),
+                             args.horust_install_pid)
+        self.ours = Ours(args.bin)
+        self.tools = [self.ours, Supervisord(), self.horust, Tini()]
+        self.results = {"meta": {}, "benchmarks": {}}
+        self.md = []
+        self.warnings = []
+
+    # ---------------------------------------------------------------- helpers
+    def usable(self, tool, bench):
+        ok, why = tool.available()
+        if not ok:
+            log(f"{bench}: skipping {tool.name}: {why}")
+            self.results["benchmarks"].setdefault(bench, {}).setdefault("skipped", {})[tool.name] = why
+        return ok
+
+    def note_concurrent_build(self, bench):
+        if self.horust.installing():
+            w = f"{bench}: ran while `cargo install horust` was compiling (CPU contention)"
+            if w not in self.warnings:
+                self.warnings.append(w)
+
+    def dir(self, *parts):
+        d = os.path.join(self.tmp, *parts)
+        os.makedirs(d, exist_ok=True)
+        return d
+
+    def sleepers(self, n, ignore_first=False):
+        svcs = []
+        for i in range(1, n + 1):
+            if ignore_first and i == 1:
+                svcs.append(Svc(f"s{i}", [os.path.join(FIXTURES, "ignore-sigterm.sh")]))
+            else:
+                svcs.append(Svc(f"s{i}", ["sleep", "infinity"]))
+        return svcs
+
+    def services_for(self, tool, n, ignore_first=False):
+        if tool.multi:
+            return self.sleepers(n, ignore_first)
+        argv = [os.path.join(FIXTURES, "spawn-sleepers.sh"), str(n)]
+        if ignore_first:
+            argv.append("ignore-term")
+        return [Svc("all", argv)]
+
+    def count_workloads(self, run, comm="sleep"):
+        return sum(1 for st in run.procs().values() if st["comm"] == comm and st["state"] != "Z")
+
+    # ---------------------------------------------------------------- idle
+    def bench_idle(self):
+        name = "idle"
+        secs = self.a.idle_seconds
+        log(f"idle: 10 sleep children, {secs}s window, all tools concurrently")
+        runs = []
+        for tool in self.tools:
+            if self.usable(tool, name):
+                runs.append(Run(tool, self.dir(name, tool.name), self.services_for(tool, 10)))
+        res = {}
+        try:
+            for r in runs:
+                n = wait_for(lambda: self.count_workloads(r) >= 10 and self.count_workloads(r), 15)
+                if n < 10:
+                    log(f"idle: {r.tool.name}: only {n} sleep children running; {r.stderr_tail()}")
+            time.sleep(3)  # let start-up work settle
+            self.note_concurrent_build(name)
+            t0 = {}
+            for r in runs:
+                pids = r.supervisor_pids()
+                t0[r.tool.name] = (pids, sum(read_stat(p)["utime"] + read_stat(p)["stime"] for p in pids),
+                                   sum(ctx_switches(p) for p in pids))
+            rss = {r.tool.name: [] for r in runs}
+            end = time.monotonic() + secs
+            while True:
+                for r in runs:
+                    rss[r.tool.name].append(sum(rss_kb(p) for p in r.supervisor_pids()))
+                if time.monotonic() >= end:
+                    break
+                time.sleep(min(5, max(0, end - time.monotonic())))
+            for r in runs:
+                pids, ticks0, ctx0 = t0[r.tool.name]
+                now = [p for p in pids if read_stat(p)]
+                ticks1 = sum(read_stat(p)["utime"] + read_stat(p)["stime"] for p in now)
+                ctx1 = sum(ctx_switches(p) for p in now)
+                res[r.tool.name] = {
+                    "rss_kb": stats(rss[r.tool.name]), "cpu_ticks": ticks1 - ticks0,
+                    "cpu_ms": (ticks1 - ticks0) * 1000 / CLK_TCK, "ctx_switches": ctx1 - ctx0,
+                    "supervisor_procs": len(pids), "children": self.count_workloads(r),
+                    "window_s": secs,
+                }
+        finally:
+            for r in runs:
+                r.cleanup()
+        self.results["benchmarks"].setdefault(name, {}).update(res)
+
+    # ---------------------------------------------------------------- logs
+    LINE_RE = re.compile(rb"L(\d{9}) x+\n")
+
+    def count_lines(self, path, prefixed_re=None):
+        with open(path, "rb") as f:
+            data = f.read()
+        nums = [int(m) for m in self.LINE_RE.findall(data)]
+        uniq = len(set(nums))
+        ooo = sum(1 for a, b in zip(nums, nums[1:]) if b < a)
+        pref = len(prefixed_re.findall(data)) if prefixed_re else None
+        return {"lines": len(nums), "unique": uniq, "out_of_order": ooo, "prefixed": pref,
+                "bytes": len(data)}
+
+    def raw_pipe(self):
+        t = time.monotonic()
+        out = subprocess.run(f"{shlex.quote(self.producer)} {self.a.lines} | wc -l", shell=True,
+                             capture_output=True, check=True).stdout
+        return time.monotonic() - t, int(out.split()[0]) - 1  # minus END line
+
+    def bench_logs(self):
+        name = "logs"
+        n = self.a.lines
+        log(f"logs: {n} lines x 100 bytes, {self.a.runs} runs per tool")
+        res = {}
+        raw = [self.raw_pipe() for _ in range(self.a.runs)]
+        res["raw pipe (producer | wc -l)"] = {
+            "wall_s": stats([w for w, _ in raw]), "lost": stats([n - c for _, c in raw]),
+            "cpu_s": None, "note": "baseline"}
+        prefix_re = re.compile(rb"(?m)^(?:\x1b\[[0-9;]*m)*prod(?:\x1b\[[0-9;]*m)*\s*\| L\d{9} ")
+        marker = b"END-OF-PRODUCER"
+        for tool in self.tools:
+            if not self.usable(tool, name):
+                continue
+            walls, lost, cpus, extra = [], [], [], {}
+            for i in range(self.a.runs):
+                self.note_concurrent_build(name)
+                d = self.dir(name, tool.name, str(i))
+                outp = os.path.join(d, "out.log")
+                r = Run(tool, d, [Svc("prod", [self.producer, str(n)], restart="never")], stdout=outp)
+                wall = None
+                try:
+                    with open(outp, "rb") as f:
+                        pos, tail = 0, b""
+                        deadline = r.t_start + self.a.logs_timeout
+                        while time.monotonic() < deadline:
+                            chunk = f.read()
+                            if chunk:
+                                buf = tail + chunk
+                                if marker in buf:
+                                    wall = time.monotonic() - r.t_start
+                                    break
+                                tail = buf[-64:]
+                            else:
+                                time.sleep(0.002)
+                    sup = r.supervisor_pids()
+                    cpu = 0
+                    for p in sup:
+                        st = read_stat(p)
+                        cpu += st["utime"] + st["stime"] if st else 0
+                    time.sleep(0.3)  # anything still in flight after the marker
+                finally:
+                    r.cleanup()
+                c = self.count_lines(outp, prefix_re if tool is self.ours else None)
+                os.unlink(outp)
+                if wall is None:
+                    log(f"logs: {tool.name} run {i}: END marker not seen in {self.a.logs_timeout}s "
+                        f"({c['lines']} lines); {r.stderr_tail()}")
+                walls.append(wall)
+                lost.append(n - c["unique"])
+                cpus.append(cpu / CLK_TCK if sup else None)
+                for k in ("out_of_order", "prefixed"):
+                    if c[k] is not None:
+                        extra.setdefault(k, []).append(c[k])
+                extra.setdefault("duplicates", []).append(c["lines"] - c["unique"])
+                log(f"logs: {tool.name} run {i}: wall={wall} lines={c['lines']} lost={n - c['unique']}")
+            res[tool.name] = {"wall_s": stats(walls), "lost": stats(lost), "cpu_s": stats(cpus),
+                              "timeouts": walls.count(None), **{k: stats(v) for k, v in extra.items()},
+                              "note": tool.note}
+        self.results["benchmarks"].setdefault(name, {}).update(res)
+
+    # ---------------------------------------------------------------- restart
+    def restart_series(self, tool, label, kills, gap):
+        d = self.dir("restart", label.replace(" ", "_"))
+        stamp = os.path.join(d, "stamp")
+        r = Run(tool, d, [Svc("r", [self.stamper, stamp])])
+        lat, failures = [], 0
+
+        def read_stamp():
+            try:
+                with open(stamp) as f:
+                    pid, ns = f.read().split()
+                return int(pid), int(ns)
+            except (OSError, ValueError):
+                return None
+
+        try:
+            first = wait_for(read_stamp, 15)
+            if not first:
+                log(f"restart: {label}: child never started; {r.stderr_tail()}")
+                return {"latency_ms": None, "failures": kills, "kills": kills}
+            for _ in range(kills):
+                self.note_concurrent_build("restart")
+                time.sleep(gap)
+                cur = read_stamp()
+                pid = cur[0]
+                t0 = time.monotonic_ns()
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    failures += 1
+                    continue
+                new = wait_for(lambda: (s := read_stamp()) and s[0] != pid and s, 10, 0.0005)
+                if not new or not alive(new[0]):
+                    failures += 1
+                    log(f"restart: {label}: no replacement within 10s")
+                    break
+                lat.append((new[1] - t0) / 1e6)
+        finally:
+            r.cleanup()
+        return {"latency_ms": stats(lat), "failures": failures, "kills": kills, "samples": lat}
+
+    def bench_restart(self):
+        name = "restart"
+        kills = self.a.restart_kills
+        log(f"restart: SIGKILL the child {kills} times")
+        res = {}
+        for tool in self.tools:
+            if not tool.restarts:
+                res[tool.name] = {"na": "does not restart children"}
+                continue
+            if not self.usable(tool, name):
+                continue
+            if tool is self.ours:
+                # Same footing as the peers (no backoff between restarts): stable_after shorter
+                # than the gap between kills, so every kill is a "first, immediate" restart.
+                tuned = Ours(self.ours.binary, 'max_restarts = 1000, window = "60s", stable_after = "100ms"')
+                res[f"{OURS}"] = self.restart_series(tuned, OURS, kills, 0.3)
+                res[f"{OURS}"]["note"] = 'restart = { max_restarts = 1000, stable_after = "100ms" }'
+                dflt = self.restart_series(self.ours, OURS + " defaults", 5, 0.3)
+                dflt["note"] = "default policy (backoff 100ms doubling, 5 restarts/60s), 5 kills"
+                res[f"{OURS} (defaults)"] = dflt
+            else:
+                res[tool.name] = self.restart_series(tool, tool.name, kills, 0.3)
+                res[tool.name]["note"] = {"supervisord": "autorestart=true startsecs=0",
+                                          "horust": 'strategy = "always", backoff 0s'}.get(tool.name, "")
+        self.results["benchmarks"].setdefault(name, {}).update(res)
+
+    # ---------------------------------------------------------------- zombies
+    def bench_zombies(self):
+        name = "zombies"
+        maker = os.path.join(FIXTURES, "orphan-maker.py")
+        log(f"zombies: 1,000 orphans under each tool as PID 1, {self.a.runs} runs")
+        res = {}
+        for tool in self.tools + [NoInit()]:
+            if not self.usable(tool, name):
+                continue
+            z100, z1s, made, errors = [], [], [], 0
+            for i in range(self.a.runs):
+                self.note_concurrent_build(name)
+                d = self.dir(name, tool.name.split()[0], str(i))
+                stamp = os.path.join(d, "stamp")
+                script = f"{shlex.quote(sys.executable)} {shlex.quote(maker)} --stamp {shlex.quote(stamp)}; exec sleep infinity"
+                r = Run(tool, d, [Svc("orphans", ["sh", "-c", script], restart="never")], pid1=True)
+                try:
+                    ok = wait_for(lambda: os.path.exists(stamp), 30)
+                    if not ok:
+                        log(f"zombies: {tool.name}: no stamp; {r.stderr_tail()}")
+                        errors += 1
+                        continue
+                    with open(stamp) as f:
+                        ns, cnt = (int(x) for x in f.read().split())
+                    made.append(cnt)
+                    for delay, acc in ((0.1, z100), (1.0, z1s)):
+                        wait = ns / 1e9 + delay - time.monotonic()
+                        if wait > 0:
+                            time.sleep(wait)
+                        acc.append(sum(1 for st in r.procs().values() if st["state"] == "Z"))
+                finally:
+                    # SIGKILL of the namespace's init ends the whole namespace.
+                    for pid, st in r.procs().items():
+                        if st["ppid"] == r.pid:
+                            try:
+                                os.kill(pid, signal.SIGKILL)
+                            except OSError:
+                                pass
+                    r.cleanup()
+            res[tool.name] = {"zombies_100ms": stats(z100), "zombies_1s": stats(z1s),
+                              "orphans": stats(made), "errors": errors}
+        self.results["benchmarks"].setdefault(name, {}).update(res)
+
+    # ---------------------------------------------------------------- shutdown
+    def bench_shutdown(self):
+        name = "shutdown"
+        log(f"shutdown: 10 children (plus variant with one ignoring SIGTERM), {self.a.runs} runs")
+        res = {}
+        for variant, ignore in (("plain", False), ("one ignores SIGTERM", True)):
+            for tool in self.tools:
+                if not self.usable(tool, name):
+                    continue
+                times, codes, left, errors = [], [], [], 0
+                for i in range(self.a.runs):
+                    self.note_concurrent_build(name)
+                    d = self.dir(name, tool.name, f"{int(ignore)}-{i}")
+                    r = Run(tool, d, self.services_for(tool, 10, ignore))
+                    try:
+                        n = wait_for(lambda: self.count_workloads(r) >= 10 and self.count_workloads(r), 15)
+                        if n < 10:
+                            log(f"shutdown: {tool.name}: only {n} children; {r.stderr_tail()}")
+                            errors += 1
+                            continue
+                        time.sleep(0.5)
+                        work = [(p, st["starttime"]) for p, st in r.procs().items()
+                                if not tool.is_supervisor(st)]
+                        t0 = time.monotonic()
+                        os.kill(r.pid, signal.SIGTERM)
+                        try:
+                            code = r.p.wait(timeout=self.a.shutdown_timeout)
+                            times.append(time.monotonic() - t0)
+                            codes.append(code)
+                        except subprocess.TimeoutExpired:
+                            times.append(None)
+                            codes.append("timeout")
+                        time.sleep(0.05)
+                        left.append(sum(1 for p, stt in work if alive(p, stt)))
+                    finally:
+                        r.cleanup()
+                key = f"{tool.name} — {variant}"
+                res[key] = {"tool": tool.name, "variant": variant, "time_s": stats(times),
+                            "timeouts": times.count(None), "exit_codes": sorted(set(map(str, codes))),
+                            "left_running": stats(left), "errors": errors,
+                            "note": {"supervisord": "stopwaitsecs=5", "horust": 'termination wait "5s"',
+                                     "tini": "tini -s -g; sh + 10 sleeps", OURS: 'stop_timeout "5s"'}[tool.name]}
+        self.results["benchmarks"].setdefault(name, {}).update(res)
+
+    # ---------------------------------------------------------------- report
+    def meta(self):
+        def ver(cmd):
+            try:
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+                return (p.stdout or p.stderr).strip().splitlines()[0]
+            except Exception:
+                return None
+        cpu = "?"
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        cpu = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+        rev = ver(["git", "-C", REPO, "rev-parse", "--short", "HEAD"])
+        m = {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "host": f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs ({cpu})",
+            "command": os.environ.get("BENCH_COMMAND") or "python3 bench/bench.py " + " ".join(sys.argv[1:]),
+            OURS: (f"{self.ours.binary} (git {rev})" if self.ours.available()[0] else "not available"),
+            "supervisord": ver(["supervisord", "--version"]),
+            "horust": (self.horust.binary + " " + self.horust_version()) if self.horust.available()[0] else "not available",
+            "tini": ver(["tini", "--version"]),
+        }
+        self.results["meta"] = m
+        return m
+
+    def horust_version(self):
+        # horust has no --version; cargo install records the version in .crates.toml
+        try:
+            with open(os.path.join(self.a.tools_dir, ".crates.toml")) as f:
+                m = re.search(r'"horust (\S+) ', f.read())
+                return m.group(1) if m else ""
+        except OSError:
+            return ""
+
+    @staticmethod
+    def cell(s):
+        return str(s).replace("|", "\\|")
+
+    @staticmethod
+    def fmt(v, unit="", prec=1):
+        if v is None:
+            return "—"
+        if isinstance(v, float):
+            if abs(v) >= 100:
+                return f"{v:.0f}{unit}"
+            return f"{v:.{prec}f}{unit}"
+        return f"{v}{unit}"
+
+    def mmm(self, s, unit="", prec=1):
+        if not s:
+            return "—"
+        if s["min"] == s["max"]:
+            return self.fmt(s["median"], unit, prec)
+        return f"{self.fmt(s['min'], unit, prec)} / **{self.fmt(s['median'], unit, prec)}** / {self.fmt(s['max'], unit, prec)}"
+
+    def ratio(self, s, ref):
+        if not s or not ref:
+            return "—"
+        a = s["median"] if isinstance(s, dict) else s
+        b = ref["median"] if isinstance(ref, dict) else ref
+        if a is None or b is None:
+            return "—"
+        if b == 0:
+            return "—" if a == 0 else "∞"
+        return f"{a / b:.2f}×"
+
+    def report(self):
+        B = self.results["benchmarks"]
+        out = []
+        m = self.meta()
+        out.append("# Benchmark results (latest run)\n")
+        out.append(f"- date: {m['date']}\n- host: {m['host']}\n- command: `{m['command']}`")
+        for k in (OURS, "supervisord", "horust", "tini"):
+            out.append(f"- {k}: {m[k]}")
+        out.append("\nCells are min / **median** / max; ratio = tool median ÷ dmp-contained median "
+                   "(> 1 means dmp-contained is better for time, memory and CPU).\n")
+        for w in self.warnings:
+            out.append(f"> warning: {w}\n")
+
+        def skipped(name):
+            for t, why in B.get(name, {}).get("skipped", {}).items():
+                out.append(f"\n_{t} skipped: {why}_")
+
+        if "idle" in B:
+            b = B["idle"]
+            ref = b.get(OURS)
+            out.append(f"\n## Idle: 10 `sleep infinity` children, {self.a.idle_seconds} s window\n")
+            out.append("| tool | supervisor procs | RSS kB | RSS ratio | CPU ticks / window | CPU ratio | context switches | children |")
+            out.append("|---|---|---|---|---|---|---|---|")
+            for t, v in b.items():
+                if t == "skipped":
+                    continue
+                out.append(f"| {t} | {v['supervisor_procs']} | {self.mmm(v['rss_kb'])} | "
+                           f"{self.ratio(v['rss_kb'], ref and ref['rss_kb'])} | {v['cpu_ticks']} "
+                           f"({v['cpu_ms']:.0f} ms) | {self.ratio(v['cpu_ticks'], ref and ref['cpu_ticks'])} | "
+                           f"{v['ctx_switches']} | {v['children']} |")
+            skipped("idle")
+            out.append("\nRSS = sum of VmRSS of the supervisor's own processes (dmp-contained: shim + "
+                       "supervisor; tini: tini), sampled every 5 s; CPU = utime+stime delta "
+                       f"(1 tick = {1000 // CLK_TCK} ms); context switches summed over threads (wake-ups).")
+        if "logs" in B:
+            b = B["logs"]
+            ref = b.get(OURS)
+            out.append(f"\n## Log throughput: {self.a.lines:,} lines × 100 bytes, {self.a.runs} runs\n")
+            out.append("| tool | wall s | wall ratio | lines lost | supervisor CPU s | notes |")
+            out.append("|---|---|---|---|---|---|")
+            for t, v in b.items():
+                if t == "skipped":
+                    continue
+                notes = [v.get("note") or ""]
+                if v.get("timeouts"):
+                    notes.append(f"{v['timeouts']} run(s) timed out")
+                if v.get("prefixed"):
+                    notes.append(f"`prod | ` prefixed lines: {self.fmt(v['prefixed']['median'])}")
+                if v.get("out_of_order") and v["out_of_order"]["max"]:
+                    notes.append(f"out of order: {v['out_of_order']['max']}")
+                if v.get("duplicates") and v["duplicates"]["max"]:
+                    notes.append(f"duplicates: {v['duplicates']['max']}")
+                out.append(f"| {self.cell(t)} | {self.mmm(v['wall_s'], '', 2)} | {self.ratio(v['wall_s'], ref and ref['wall_s'])} | "
+                           f"{self.mmm(v['lost'])} | {self.mmm(v['cpu_s'], '', 2)} | {self.cell('; '.join(x for x in notes if x))} |")
+            skipped("logs")
+            out.append("\nWall = tool start → producer's last line present in the output file (stdout "
+                       "redirected to a file); lines lost = produced − distinct payload lines found.")
+        if "restart" in B:
+            b = B["restart"]
+            ref = b.get(OURS)
+            out.append(f"\n## Restart latency after SIGKILL ({self.a.restart_kills} kills, 0.3 s apart)\n")
+            out.append("| tool | latency ms | ratio | failures | config |")
+            out.append("|---|---|---|---|---|")
+            for t, v in b.items():
+                if t == "skipped":
+                    continue
+                if "na" in v:
+                    out.append(f"| {t} | n/a | — | — | {v['na']} |")
+                    continue
+                out.append(f"| {t} | {self.mmm(v['latency_ms'], '', 2)} | "
+                           f"{self.ratio(v['latency_ms'], ref and ref['latency_ms'])} | "
+                           f"{v['failures']}/{v['kills']} | {v.get('note', '')} |")
+            skipped("restart")
+            out.append("\nLatency = SIGKILL sent → replacement's first instruction (it stamps CLOCK_MONOTONIC).")
+        if "zombies" in B:
+            b = B["zombies"]
+            out.append(f"\n## Zombies after 1,000 orphaned grandchildren, tool as PID 1 ({self.a.runs} runs)\n")
+            out.append("| PID 1 | zombies at 100 ms | zombies at 1 s | orphans made | errors |")
+            out.append("|---|---|---|---|---|")
+            for t, v in b.items():
+                if t == "skipped":
+                    continue
+                out.append(f"| {t} | {self.mmm(v['zombies_100ms'], '', 0)} | {self.mmm(v['zombies_1s'], '', 0)} | "
+                           f"{self.mmm(v['orphans'], '', 0)} | {v['errors']} |")
+            skipped("zombies")
+            out.append("\n`unshare --pid --fork --mount-proc TOOL …`; a child forks 1,000 processes that "
+                       "sleep 50 ms and exit, and exits itself at once; Z-state processes in the "
+                       "namespace counted 100 ms and 1 s after the last fork.")
+        if "shutdown" in B:
+            b = B["shutdown"]
+            out.append(f"\n## Shutdown on SIGTERM, 10 children ({self.a.runs} runs per row)\n")
+            out.append("| tool | variant | time s | ratio | exit code | children left running | config |")
+            out.append("|---|---|---|---|---|---|---|")
+            for t, v in b.items():
+                if t == "skipped":
+                    continue
+                ref = b.get(f"{OURS} — {v['variant']}")
+                tl = self.mmm(v["time_s"], "", 3)
+                if v["timeouts"]:
+                    tl += f" ({v['timeouts']} > {self.a.shutdown_timeout}s)"
+                out.append(f"| {v['tool']} | {v['variant']} | {tl} | {self.ratio(v['time_s'], ref and ref['time_s'])} | "
+                           f"{', '.join(v['exit_codes'])} | {self.mmm(v['left_running'], '', 0)} | {v['note']} |")
+            skipped("shutdown")
+            out.append("\nTime = SIGTERM to the tool → tool exited (not PID 1); left running = children "
+                       "still alive afterwards (they were then killed by the harness).")
+        return "\n".join(out) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tools-dir", default=os.path.join(HERE, ".tools"))
+    ap.add_argument("--bin", default=os.path.join(REPO, "target", "release", "dmp-contained"))
+    ap.add_argument("--horust")
+    ap.add_argument("--horust-install-pid", type=int)
+    ap.add_argument("--only", default="logs,zombies,restart,shutdown,idle")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--lines", type=int, default=1_000_000)
+    ap.add_argument("--logs-timeout", type=float, default=90)
+    ap.add_argument("--restart-kills", type=int, default=20)
+    ap.add_argument("--idle-seconds", type=int, default=30)
+    ap.add_argument("--shutdown-timeout", type=float, default=20)
+    ap.add_argument("--out", default=os.path.join(HERE, "results-latest"))
+    ap.add_argument("--keep-tmp", action="store_true")
+    a = ap.parse_args()
+    a.tools_dir = os.path.abspath(a.tools_dir)
+    a.bin = os.path.abspath(a.bin) if a.bin else None
+    a.horust = os.path.abspath(a.horust) if a.horust else None
+    a.out = os.path.abspath(a.out)
+    if os.geteuid() != 0:
+        log("warning: not root; the PID-1 (unshare) benchmark needs root")
+    b = Bench(a)
+    t0 = time.monotonic()
+    order = [x.strip() for x in a.only.split(",") if x.strip()]
+    try:
+        for x in order:
+            fn = getattr(b, "bench_" + x, None)
+            if not fn:
+                ap.error(f"unknown benchmark {x}")
+            t = time.monotonic()
+            fn()
+            log(f"{x}: done in {time.monotonic() - t:.0f}s")
+    finally:
+        if not a.keep_tmp:
+            shutil.rmtree(b.tmp, ignore_errors=True)
+        else:
+            log(f"kept {b.tmp}")
+    md = b.report()
+    md += f"\nTotal benchmark time: {time.monotonic() - t0:.0f} s.\n"
+    print(md)
+    with open(a.out + ".md", "w") as f:
+        f.write(md)
+    with open(a.out + ".json", "w") as f:
+        json.dump(b.results, f, indent=1, default=str)
+    log(f"wrote {a.out}.md and {a.out}.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Install the Debian packages the integration tests use, and make sure none of their daemons is
+# left running (the tests start their own nginx/redis/postgres instances on their own ports).
+#
+#   scripts/install-deps.sh [--update]
+#
+# Idempotent: when every package is already installed it does no apt work at all (a second run
+# takes well under a second) and only makes sure the system daemons are stopped.
+# --update forces `apt-get update` even when nothing is missing.
+# Needs root (or sudo). Debian bookworm; package names are bookworm's.
+set -euo pipefail
+
+PKGS=(
+    nginx-light redis-server postgresql
+    python3-flask python3-psycopg2 python3-redis
+    chromium util-linux procps curl
+)
+SERVICES=(nginx redis-server postgresql)
+# Daemon process names to sweep if a package's maintainer script started one anyway.
+DAEMONS=(nginx redis-server postgres)
+
+export DEBIAN_FRONTEND=noninteractive
+export NEEDRESTART_MODE=a
+log() { printf '[install-deps] %s\n' "$*" >&2; }
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { log "need root or sudo"; exit 1; }
+    SUDO=(sudo -E)
+fi
+
+retry() { # retry CMD...: up to 5 attempts with a growing pause (mirror hiccups, apt lock)
+    local n=1
+    until "$@"; do
+        if [ "$n" -ge 5 ]; then log "giving up after $n attempts: $*"; return 1; fi
+        log "attempt $n failed, retrying in $((n * 10))s: $*"
+        sleep $((n * 10))
+        n=$((n + 1))
+    done
+}
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+force_update=false
+[ "${1:-}" = "--update" ] && force_update=true
+
+missing=()
+for p in "${PKGS[@]}"; do installed "$p" || missing+=("$p"); done
+
+APT_OPTS=(-o DPkg::Lock::Timeout=300 -o Acquire::Retries=3 -o Dpkg::Options::=--force-confdef
+          -o Dpkg::Options::=--force-confold)
+
+if [ "${#missing[@]}" -gt 0 ] || $force_update; then
+    retry "${SUDO[@]}" apt-get "${APT_OPTS[@]}" update -q
+fi
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing: ${missing[*]}"
+    # Keep maintainer scripts from starting daemons: invoke-rc.d (and deb-systemd-invoke)
+    # honour policy-rc.d exit code 101 = "action forbidden". Only remove it if we created it.
+    policy=/usr/sbin/policy-rc.d
+    created_policy=false
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+        "${SUDO[@]}" chmod 755 "$policy"
+        created_policy=true
+    fi
+    rc=0
+    retry "${SUDO[@]}" apt-get "${APT_OPTS[@]}" install -y -q --no-install-recommends "${missing[@]}" || rc=$?
+    if $created_policy; then "${SUDO[@]}" rm -f "$policy"; fi
+    [ "$rc" -eq 0 ] || exit "$rc"
+else
+    log "all ${#PKGS[@]} packages already installed"
+fi
+
+# Stop and disable whatever got started anyway (e.g. a machine with a policy-rc.d of its own,
+# or services started by an earlier run).
+for s in "${SERVICES[@]}"; do
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+        "${SUDO[@]}" systemctl disable --now "$s" >/dev/null 2>&1 || true
+    fi
+    if command -v service >/dev/null; then
+        "${SUDO[@]}" service "$s" stop >/dev/null 2>&1 || true
+    fi
+    if command -v update-rc.d >/dev/null; then
+        "${SUDO[@]}" update-rc.d "$s" disable >/dev/null 2>&1 || true
+    fi
+done
+
+# Leftover system daemons: only those re-parented to init (ppid 1) are system instances; a
+# test's own nginx/redis/postgres is a child of the supervisor under test and is not touched.
+sweep() {
+    local sig=$1 name pid found=1
+    for name in "${DAEMONS[@]}"; do
+        for pid in $(pgrep -x -P 1 "$name" 2>/dev/null || true); do
+            found=0
+            log "stopping leftover $name (pid $pid) with SIG$sig"
+            "${SUDO[@]}" kill -s "$sig" "$pid" 2>/dev/null || true
+        done
+    done
+    return $found
+}
+if sweep TERM; then
+    for _ in $(seq 50); do
+        left=false
+        for name in "${DAEMONS[@]}"; do pgrep -x -P 1 "$name" >/dev/null 2>&1 && left=true; done
+        $left || break
+        sleep 0.1
+    done
+    sweep KILL || true
+fi
+
+# postgres' socket dir is created by tmpfiles at boot; make sure it exists in containers too.
+if [ -d /usr/lib/postgresql ] && [ ! -d /var/run/postgresql ]; then
+    "${SUDO[@]}" install -d -o postgres -g postgres -m 2775 /var/run/postgresql
+fi
+
+pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
+log "ok; postgres binaries: ${pgbin:-not found}"
