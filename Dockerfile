@@ -1,0 +1,114 @@
+# dmp-contained: the whole Digital Marketplace development stack in one container, with the
+# dmp-contained supervisor as PID 1.
+#
+# Offline / prebuilt binary (what scripts/build-image.sh does; works with no registry access):
+#     cargo build --release
+#     scripts/build-base-image.sh            # only if debian:bookworm-slim cannot be pulled
+#     docker build --build-arg BASE=dmp-contained-base:bookworm -t dmp-contained .
+#   The builder stage then runs on the base image itself and just picks up
+#   target/release/dmp-contained from the build context (built on a bookworm-compatible host).
+#
+# Online, compiling inside Docker instead (no host toolchain needed):
+#     docker build --build-arg BUILDER=rust:1-bookworm -t dmp-contained .
+#
+# Without Elasticsearch (no access to artifacts.elastic.co, or a smaller image):
+#     docker build --build-arg WITH_ELASTICSEARCH=0 ...
+#
+# Run:
+#     docker run -p 80:80 -v "$PWD/resources-for-container/mount:/dmp-contained/mount" dmp-contained
+
+ARG BASE=debian:bookworm-slim
+ARG BUILDER=${BASE}
+
+# ---------------------------------------------------------------------------------------------
+# Binary: compiled here when the builder image has cargo, else the prebuilt one from the context.
+FROM ${BUILDER} AS builder
+WORKDIR /src
+COPY . .
+RUN set -eu; \
+    if command -v cargo >/dev/null 2>&1; then \
+        cargo build --release --locked; \
+    elif [ ! -x target/release/dmp-contained ]; then \
+        echo "no cargo in the builder image and no target/release/dmp-contained in the build context:" >&2; \
+        echo "run 'cargo build --release' first, or pass --build-arg BUILDER=rust:1-bookworm" >&2; \
+        exit 1; \
+    fi; \
+    install -D -m 0755 target/release/dmp-contained /out/dmp-contained
+
+# ---------------------------------------------------------------------------------------------
+FROM ${BASE}
+
+ARG DEBIAN_FRONTEND=noninteractive
+ARG WITH_ELASTICSEARCH=1
+ARG ELASTICSEARCH_SERIES=7.x
+
+ENV LANG=C.UTF-8 \
+    LC_ALL=C.UTF-8 \
+    PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PGDATA=/var/lib/postgresql/data \
+    DMP_ROOT=/dmp-contained \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# The stack's packages, in one layer that changes only when this list does.  No service may start
+# at install time (there is no init; the supervisor starts them), and the Debian postgresql
+# package must not create its default 15/main cluster (pg-init makes ours in $PGDATA).
+RUN set -eux; \
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 0755 /usr/sbin/policy-rc.d; \
+    mkdir -p /etc/postgresql-common/createcluster.d; \
+    echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.d/dmp-contained.conf; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends \
+        ca-certificates curl procps tzdata git \
+        nginx-light \
+        redis-server \
+        postgresql-15 postgresql-client-15 \
+        python3 python3-flask python3-psycopg2 python3-redis python3-venv python3-pip python3-dev \
+        gcc libc6-dev make libpq-dev libffi-dev libxml2-dev libxslt1-dev libssl-dev \
+        nodejs npm; \
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb; \
+    rm -f /etc/nginx/sites-enabled/default
+
+# Elasticsearch 7 from Elastic's apt repository; skipped with WITH_ELASTICSEARCH=0.  Without it the
+# supervisor skips the elasticsearch entry (when_exists) and the index steps fail softly (optional).
+RUN set -eux; \
+    if [ "$WITH_ELASTICSEARCH" = 1 ]; then \
+        apt-get update; \
+        apt-get install -y --no-install-recommends gpg; \
+        curl -fsSL https://artifacts.elastic.co/GPG-KEY-elasticsearch \
+            | gpg --dearmor -o /usr/share/keyrings/elasticsearch-keyring.gpg; \
+        echo "deb [signed-by=/usr/share/keyrings/elasticsearch-keyring.gpg] https://artifacts.elastic.co/packages/${ELASTICSEARCH_SERIES}/apt stable main" \
+            >/etc/apt/sources.list.d/elastic.list; \
+        apt-get update; \
+        apt-get install -y --no-install-recommends elasticsearch; \
+        apt-get purge -y --auto-remove gpg; \
+        rm -rf /var/lib/apt/lists/*; \
+    else \
+        echo "WITH_ELASTICSEARCH=$WITH_ELASTICSEARCH: Elasticsearch not installed"; \
+    fi
+
+# Directories the services write to, owned by the users they run as.
+RUN set -eux; \
+    install -d -o postgres -g postgres -m 2775 /run/postgresql; \
+    install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data; \
+    install -d -o redis -g redis -m 0750 /var/lib/redis; \
+    install -d /run/dmp-contained /var/cache/dmp-contained /dmp-contained/mount/apps-github-repos; \
+    if [ -d /etc/elasticsearch ]; then install -d -o elasticsearch -g elasticsearch /var/lib/elasticsearch /var/log/elasticsearch; fi
+
+COPY resources-for-container/ /dmp-contained/resources-for-container/
+COPY supervisor.toml /dmp-contained/supervisor.toml
+RUN set -eux; \
+    if [ -d /etc/elasticsearch ]; then \
+        cp /dmp-contained/resources-for-container/elasticsearch.yml /etc/elasticsearch/elasticsearch.yml; \
+    fi
+
+# Last: the binary changes most often.
+COPY --from=builder /out/dmp-contained /usr/local/bin/dmp-contained
+
+WORKDIR /dmp-contained
+VOLUME /var/cache/dmp-contained
+EXPOSE 80 55000 55009
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=5s --timeout=3s --start-period=120s --retries=3 CMD ["dmp-contained", "health"]
+ENTRYPOINT ["/usr/local/bin/dmp-contained"]
+CMD ["up", "--config", "/dmp-contained/supervisor.toml"]
