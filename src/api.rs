@@ -1,0 +1,498 @@
+//! The control plane over HTTP: a TCP listener (read-only unless a bearer token is set) and a
+//! Unix socket (mode 0600, trusted: mutations allowed) serving the same routes.
+
+use crate::supervisor::{Action, Control, Shared};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+pub const PREFIX: &str = "/_supervisor";
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// A response body fed by a channel (log follow); ends when the sender is dropped.
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+    first: Option<Bytes>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(b) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+pub type Resp = Response<http_body_util::Either<Full<Bytes>, ChannelBody>>;
+
+fn full(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .header("cache-control", "no-store")
+        .body(http_body_util::Either::Left(Full::new(body.into())))
+        .unwrap()
+}
+
+fn json_resp(status: StatusCode, v: &Value) -> Resp {
+    let mut s = serde_json::to_vec_pretty(v).unwrap_or_default();
+    s.push(b'\n');
+    full(status, "application/json", s)
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
+    json_resp(status, &json!({ "error": msg.into() }))
+}
+
+pub struct Api {
+    pub shared: Arc<Shared>,
+    pub token: Option<String>,
+}
+
+impl Api {
+    pub async fn status(&self) -> Option<Value> {
+        let (tx, rx) = oneshot::channel();
+        self.shared.control.send(Control::Status(tx)).await.ok()?;
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .ok()?
+            .ok()
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, trusted: bool) -> Resp {
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        let rel = path.strip_prefix(PREFIX).unwrap_or(&path);
+        let rel = rel.trim_start_matches('/');
+        let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
+        let method = req.method().clone();
+        let authorized = trusted || self.bearer_ok(&req);
+        match (&method, parts.as_slice()) {
+            (&Method::GET, []) => full(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
+            (&Method::GET, ["status"]) => match self.status().await {
+                Some(v) => json_resp(StatusCode::OK, &v),
+                None => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "supervisor loop not answering",
+                ),
+            },
+            (&Method::GET, ["health"]) => self.health().await,
+            (&Method::GET, ["metrics"]) => self.metrics().await,
+            (&Method::GET, ["logs", name]) => self.logs(name, &query),
+            (&Method::POST, ["entries", name, action]) | (&Method::POST, [action, name])
+                if action.parse::<Action>().is_ok() =>
+            {
+                if !authorized {
+                    return self.forbidden();
+                }
+                self.act(action.parse().unwrap(), name).await
+            }
+            (&Method::POST, ["shutdown"]) => {
+                if !authorized {
+                    return self.forbidden();
+                }
+                let (tx, rx) = oneshot::channel();
+                let _ = self.shared.control.send(Control::Shutdown(tx)).await;
+                drop(rx);
+                json_resp(
+                    StatusCode::ACCEPTED,
+                    &json!({"ok": true, "message": "shutting down"}),
+                )
+            }
+            (_, ["status"] | ["health"] | ["metrics"] | ["logs", _] | []) => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} not allowed on {path}"),
+            ),
+            _ => error(StatusCode::NOT_FOUND, format!("no route {method} {path}")),
+        }
+    }
+
+    fn forbidden(&self) -> Resp {
+        let hint = if self.token.is_some() {
+            "this route needs `Authorization: Bearer <token>`"
+        } else {
+            "mutations over HTTP are disabled: set a token (env DMP_CONTAINED_TOKEN or DMP_CONTAINED_TOKEN_FILE) and send `Authorization: Bearer <token>`, or use the CLI over the Unix socket (`dmp-contained restart NAME`)"
+        };
+        error(StatusCode::FORBIDDEN, hint)
+    }
+
+    fn bearer_ok(&self, req: &Request<Incoming>) -> bool {
+        let Some(tok) = &self.token else { return false };
+        let Some(h) = req
+            .headers()
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+        else {
+            return false;
+        };
+        let Some(given) = h.strip_prefix("Bearer ") else {
+            return false;
+        };
+        // Constant-time comparison.
+        given.len() == tok.len()
+            && given
+                .bytes()
+                .zip(tok.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    async fn health(&self) -> Resp {
+        let Some(v) = self.status().await else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "supervisor loop not answering",
+            );
+        };
+        let not_ready = not_ready(&v);
+        if not_ready.is_empty() {
+            json_resp(StatusCode::OK, &json!({"healthy": true}))
+        } else {
+            json_resp(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"healthy": false, "not_ready": not_ready}),
+            )
+        }
+    }
+
+    async fn act(&self, action: Action, name: &str) -> Resp {
+        let (tx, rx) = oneshot::channel();
+        let msg = Control::Act {
+            action,
+            name: name.to_string(),
+            reply: tx,
+        };
+        if self.shared.control.send(msg).await.is_err() {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "supervisor is stopping");
+        }
+        match rx.await {
+            Ok(Ok(m)) => json_resp(StatusCode::OK, &json!({"ok": true, "message": m})),
+            Ok(Err(e)) if e.starts_with("unknown entry") => error(StatusCode::NOT_FOUND, e),
+            Ok(Err(e)) => error(StatusCode::CONFLICT, e),
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "supervisor is stopping"),
+        }
+    }
+
+    fn logs(&self, name: &str, query: &str) -> Resp {
+        let Some(log) = self.shared.log(name) else {
+            return error(StatusCode::NOT_FOUND, format!("unknown entry `{name}`"));
+        };
+        let q = parse_query(query);
+        let tail = match q.get("tail").map(|t| t.parse::<usize>()) {
+            None => 100,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "tail must be a number"),
+        };
+        let json_fmt = q.get("format").map(|f| f == "json").unwrap_or(false);
+        let follow = matches!(q.get("follow").map(String::as_str), Some("1" | "true"));
+        let fmt = move |l: &crate::logs::Line, buf: &mut Vec<u8>| {
+            if json_fmt {
+                let _ = serde_json::to_writer(&mut *buf, l);
+            } else {
+                buf.extend_from_slice(l.text.as_bytes());
+            }
+            buf.push(b'\n');
+        };
+        let ctype = if json_fmt {
+            "application/x-ndjson"
+        } else {
+            "text/plain; charset=utf-8"
+        };
+        if !follow {
+            let mut buf = Vec::new();
+            for l in log.tail(tail) {
+                fmt(&l, &mut buf);
+            }
+            return full(StatusCode::OK, ctype, buf);
+        }
+        let (lines, mut rx) = log.follow(tail);
+        let mut first = Vec::new();
+        for l in lines {
+            fmt(&l, &mut first);
+        }
+        let (tx, body_rx) = mpsc::channel::<Bytes>(64);
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let mut buf = Vec::new();
+                match rx.recv().await {
+                    Ok(l) => fmt(&l, &mut buf),
+                    Err(RecvError::Lagged(n)) => buf.extend_from_slice(
+                        format!("[dmp-contained: follower too slow, {n} lines skipped]\n")
+                            .as_bytes(),
+                    ),
+                    Err(RecvError::Closed) => return,
+                }
+                // Drain what is already queued into the same chunk.
+                while buf.len() < 64 * 1024 {
+                    match rx.try_recv() {
+                        Ok(l) => fmt(&l, &mut buf),
+                        Err(_) => break,
+                    }
+                }
+                if tx.send(Bytes::from(buf)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", ctype)
+            .header("cache-control", "no-store")
+            .header("x-accel-buffering", "no")
+            .body(http_body_util::Either::Right(ChannelBody {
+                rx: body_rx,
+                first: Some(Bytes::from(first)),
+            }))
+            .unwrap()
+    }
+
+    async fn metrics(&self) -> Resp {
+        let Some(v) = self.status().await else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "supervisor loop not answering",
+            );
+        };
+        full(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            render_metrics(&v),
+        )
+    }
+}
+
+/// Required entries that are not ready/done (skipped ones count as fine).
+pub fn not_ready(status: &Value) -> Vec<Value> {
+    status["entries"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| {
+                    e["required"].as_bool() == Some(true)
+                        && !matches!(
+                            e["state"].as_str(),
+                            Some("ready" | "done" | "cached" | "skipped")
+                        )
+                })
+                .map(|e| json!({"name": e["name"], "state": e["state"], "reason": e["reason"]}))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn render_metrics(v: &Value) -> String {
+    let mut s = String::new();
+    let mut family = |name: &str, help: &str, kind: &str, rows: Vec<(String, f64)>| {
+        s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, val) in rows {
+            s.push_str(&format!("{name}{labels} {val}\n"));
+        }
+    };
+    let entries = v["entries"].as_array().cloned().unwrap_or_default();
+    let lab = |e: &Value| {
+        format!(
+            "{{entry=\"{}\",kind=\"{}\"}}",
+            e["name"].as_str().unwrap_or(""),
+            e["kind"].as_str().unwrap_or("")
+        )
+    };
+    let rows =
+        |f: &dyn Fn(&Value) -> f64| entries.iter().map(|e| (lab(e), f(e))).collect::<Vec<_>>();
+    family(
+        "dmp_entry_up",
+        "1 if the entry has a live process",
+        "gauge",
+        rows(&|e| f64::from(u8::from(e["pid"].is_number()))),
+    );
+    family(
+        "dmp_entry_ready",
+        "1 if the entry is ready (longrun) or done (oneshot)",
+        "gauge",
+        rows(&|e| f64::from(u8::from(e["ready"].as_bool() == Some(true)))),
+    );
+    family(
+        "dmp_entry_restarts_total",
+        "restarts of the entry",
+        "counter",
+        rows(&|e| e["restarts"].as_f64().unwrap_or(0.0)),
+    );
+    family(
+        "dmp_entry_last_exit_code",
+        "last exit code (128+n for a signal, -1 if none yet)",
+        "gauge",
+        rows(&|e| {
+            let x = &e["last_exit"];
+            if x.is_null() {
+                -1.0
+            } else {
+                x["code"].as_f64().unwrap_or(128.0)
+            }
+        }),
+    );
+    family(
+        "dmp_entry_log_lines_total",
+        "lines captured from the entry",
+        "counter",
+        rows(&|e| e["log_lines"].as_f64().unwrap_or(0.0)),
+    );
+    family(
+        "dmp_entry_time_to_ready_seconds",
+        "start-to-ready time of the last start",
+        "gauge",
+        entries
+            .iter()
+            .filter(|e| e["time_to_ready_s"].is_number())
+            .map(|e| (lab(e), e["time_to_ready_s"].as_f64().unwrap()))
+            .collect(),
+    );
+    family(
+        "dmp_supervisor_uptime_seconds",
+        "supervisor uptime",
+        "gauge",
+        vec![(
+            String::new(),
+            v["supervisor"]["uptime_s"].as_f64().unwrap_or(0.0),
+        )],
+    );
+    family(
+        "dmp_supervisor_resident_bytes",
+        "supervisor resident memory",
+        "gauge",
+        vec![(String::new(), rss_bytes() as f64)],
+    );
+    s
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|p| p * 4096)
+        .unwrap_or(0)
+}
+
+fn parse_query(q: &str) -> std::collections::HashMap<String, String> {
+    q.split('&')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (!k.is_empty()).then(|| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Serves one connection with limits: header read timeout, bounded buffers.
+async fn serve_conn<IO>(api: Arc<Api>, io: IO, trusted: bool)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let api = api.clone();
+        async move {
+            // Request bodies are not used; refuse big ones without reading them.
+            if req.body().size_hint().lower() > 64 * 1024 {
+                return Ok::<_, Infallible>(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large",
+                ));
+            }
+            let (parts, body) = req.into_parts();
+            let req = Request::from_parts(parts, body);
+            Ok(api.handle(req, trusted).await)
+        }
+    });
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024);
+    let _ = b.serve_connection(TokioIo::new(io), svc).await;
+}
+
+pub async fn serve_tcp(api: Arc<Api>, listener: tokio::net::TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => {
+                let _ = s.set_nodelay(true);
+                tokio::spawn(serve_conn(api.clone(), s, false));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!("api accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+pub async fn serve_unix(api: Arc<Api>, listener: tokio::net::UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => {
+                tokio::spawn(serve_conn(api.clone(), s, true));
+            }
+            Err(e) => {
+                tracing::warn!("socket accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Binds the Unix socket with mode 0600, replacing a stale socket file.
+pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by another running supervisor", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let old = unsafe { libc::umask(0o177) };
+    let l = tokio::net::UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    let l = l?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Reads the HTTP mutation token from `$token_env` or `$DMP_CONTAINED_TOKEN_FILE`.
+pub fn load_token(token_env: &str) -> Option<String> {
+    if let Ok(t) = std::env::var(token_env) {
+        if !t.trim().is_empty() {
+            return Some(t.trim().to_string());
+        }
+    }
+    let f = std::env::var("DMP_CONTAINED_TOKEN_FILE").ok()?;
+    let t = std::fs::read_to_string(f).ok()?;
+    let t = t.trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+/// Collects a small response body (client side).
+pub async fn body_string(b: Incoming) -> String {
+    b.collect()
+        .await
+        .map(|c| String::from_utf8_lossy(&c.to_bytes()).into_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,289 @@
+//! dmp-contained: a PID-1 supervisor for a whole development stack in one container.
+//!
+//! `up` runs the table: the process first becomes the init shim (`pid1`), which re-executes
+//! itself as the supervisor proper. Every other subcommand is a client of a running supervisor
+//! (over its Unix socket) or works on the table alone (`check`).
+
+mod api;
+mod cli;
+mod config;
+mod graph;
+mod interp;
+mod logs;
+mod pid1;
+mod plan;
+mod probe;
+mod process;
+mod runner;
+mod state;
+mod supervisor;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Exit code for an invalid process table or bad usage.
+const EXIT_CONFIG: i32 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "dmp-contained",
+    version,
+    about = "PID-1 supervisor for a whole development stack in one container"
+)]
+struct Cli {
+    /// The process table.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "DMP_CONTAINED_CONFIG",
+        default_value = "supervisor.toml"
+    )]
+    config: PathBuf,
+    /// Control socket (defaults to the table's `[supervisor] socket`).
+    #[arg(long, global = true, env = "DMP_CONTAINED_SOCKET")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the process table (the default; as PID 1 it is also the container's init).
+    Up {
+        /// Service output as `name | line` text (colour on a TTY) or JSON lines.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+        /// Run only these entries and their dependencies (repeatable).
+        #[arg(long)]
+        only: Vec<String>,
+        /// Run the table without these entries (repeatable); what depends on them starts anyway.
+        #[arg(long)]
+        without: Vec<String>,
+        /// Ignore cached oneshot results.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Validate the table and print the start plan by levels.
+    Check {
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show every entry's state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 when every required entry is ready/done, 1 otherwise (for HEALTHCHECK).
+    Health,
+    /// Print an entry's recent log lines.
+    Logs {
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Restart entries (a oneshot runs again).
+    Restart {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stop entries (they stay stopped until started).
+    Stop {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Start stopped entries.
+    Start {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Run a oneshot step now and wait for its result.
+    Run { step: String },
+    /// Stop the whole table gracefully.
+    Shutdown,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let cmd = cli.cmd.unwrap_or(Cmd::Up {
+        log_format: LogFormat::Text,
+        only: vec![],
+        without: vec![],
+        fresh: false,
+    });
+    let code = match cmd {
+        Cmd::Up {
+            log_format,
+            only,
+            without,
+            fresh: _,
+        } => {
+            if std::env::var_os(pid1::ROLE_ENV).is_none() {
+                pid1::run_shim();
+            }
+            up(&cli.config, log_format, &only, &without)
+        }
+        Cmd::Check { json } => check(&cli.config, json),
+        other => client(other, &cli.config, cli.socket.as_deref()),
+    };
+    std::process::exit(code);
+}
+
+fn load(config: &std::path::Path) -> Result<plan::Plan, i32> {
+    let environ = std::env::vars().collect();
+    config::load(config, &environ).map_err(|e| {
+        eprintln!("{e}");
+        EXIT_CONFIG
+    })
+}
+
+fn check(config: &std::path::Path, json: bool) -> i32 {
+    match load(config) {
+        Ok(p) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
+            } else {
+                print!("{}", p.describe());
+                println!("ok");
+            }
+            0
+        }
+        Err(c) => c,
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("DMP_CONTAINED_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.with_ansi(nix::unistd::isatty(2).unwrap_or(false)).init(),
+    }
+}
+
+fn up(config: &std::path::Path, format: LogFormat, only: &[String], without: &[String]) -> i32 {
+    init_tracing(format);
+    let plan = match load(config) {
+        Ok(p) => p,
+        Err(c) => return c,
+    };
+    let plan = match plan.select(only, without) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    for t in &plan.templates {
+        if let Err(e) = render_template(t, &plan.vars) {
+            eprintln!("error: template {}: {e}", t.src.display());
+            return EXIT_CONFIG;
+        }
+    }
+    let out_format = match format {
+        LogFormat::Json => logs::Format::Json,
+        LogFormat::Text => logs::Format::Text {
+            color: nix::unistd::isatty(1).unwrap_or(false),
+        },
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        let token = api::load_token(&plan.settings.token_env);
+        let listen = plan.settings.api_listen.clone();
+        let socket = plan.settings.socket.clone();
+        let tcp = match tokio::net::TcpListener::bind(&listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {listen} for the control API: {e}");
+                return 1;
+            }
+        };
+        let unix = match api::bind_socket(&socket) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "error: cannot bind control socket {}: {e}",
+                    socket.display()
+                );
+                return 1;
+            }
+        };
+        tracing::info!(
+            "control API on http://{} ({}), socket {}",
+            tcp.local_addr().map(|a| a.to_string()).unwrap_or(listen),
+            if token.is_some() {
+                "mutations with bearer token"
+            } else {
+                "read-only"
+            },
+            socket.display()
+        );
+        let out = logs::Output::stdout(out_format);
+        let (sup, shared) = supervisor::Supervisor::new(plan, out);
+        let api = Arc::new(api::Api { shared, token });
+        tokio::spawn(api::serve_tcp(api.clone(), tcp));
+        tokio::spawn(api::serve_unix(api, unix));
+        let code = sup.run().await;
+        let _ = std::fs::remove_file(&socket);
+        code
+    })
+}
+
+fn render_template(
+    t: &plan::Template,
+    vars: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    let src = std::fs::read_to_string(&t.src).map_err(|e| e.to_string())?;
+    let out = interp::expand(&src, &|n| vars.get(n).cloned())?;
+    if let Some(d) = t.dest.parent() {
+        std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(&t.dest, out).map_err(|e| format!("{}: {e}", t.dest.display()))
+}
+
+fn client(cmd: Cmd, config: &std::path::Path, socket: Option<&std::path::Path>) -> i32 {
+    let c = cli::Client {
+        socket: cli::socket_path(socket, config),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        match cmd {
+            Cmd::Status { json } => cli::status(&c, json).await,
+            Cmd::Health => cli::health(&c).await,
+            Cmd::Logs {
+                follow,
+                tail,
+                names,
+            } => cli::logs(&c, &names, follow, tail).await,
+            Cmd::Restart { names } => cli::act(&c, "restart", &names).await,
+            Cmd::Stop { names } => cli::act(&c, "stop", &names).await,
+            Cmd::Start { names } => cli::act(&c, "start", &names).await,
+            Cmd::Run { step } => cli::act(&c, "run", &[step]).await,
+            Cmd::Shutdown => cli::shutdown(&c).await,
+            Cmd::Up { .. } | Cmd::Check { .. } => unreachable!(),
+        }
+    })
+}

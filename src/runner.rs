@@ -1,0 +1,231 @@
+//! One task per entry owns its `Child`: spawns it on command, runs its probes, reports
+//! events, and stops its process group completely. It makes no lifecycle decisions: those
+//! belong to the supervisor (commands in, events out).
+
+use crate::logs::{pump, EntryLog, Output, Stream};
+use crate::plan::{Entry, Kind};
+use crate::process::{self, ExitInfo};
+use nix::sys::signal::Signal;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+#[derive(Debug)]
+pub enum RunnerCmd {
+    Start,
+    /// Graceful stop of the current process group (no-op when idle).
+    Stop {
+        deadline: Instant,
+        done: oneshot::Sender<()>,
+    },
+    /// SIGKILL the group now (second SIGTERM, or shutdown budget exhausted).
+    Kill,
+}
+
+#[derive(Debug)]
+pub enum EventKind {
+    Spawned { pid: u32 },
+    SpawnFailed(String),
+    Probe(Result<(), String>),
+    Ready,
+    Exited { exit: ExitInfo, cause: Cause },
+}
+
+/// Why a process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// It exited by itself.
+    Own,
+    /// We stopped it on request.
+    Stopped,
+    /// We killed it: readiness never came, or liveness failed.
+    Probe(String),
+}
+
+#[derive(Debug)]
+pub struct Event {
+    pub idx: usize,
+    pub kind: EventKind,
+}
+
+pub struct Runner {
+    pub idx: usize,
+    pub entry: Arc<Entry>,
+    pub log: Arc<EntryLog>,
+    pub out: Arc<Output>,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub cmds: mpsc::UnboundedReceiver<RunnerCmd>,
+}
+
+impl Runner {
+    fn send(&self, kind: EventKind) {
+        let _ = self.events.send(Event {
+            idx: self.idx,
+            kind,
+        });
+    }
+
+    pub async fn run(mut self) {
+        while let Some(cmd) = self.cmds.recv().await {
+            match cmd {
+                RunnerCmd::Start => self.run_once().await,
+                RunnerCmd::Stop { done, .. } => {
+                    let _ = done.send(());
+                }
+                RunnerCmd::Kill => {}
+            }
+        }
+    }
+
+    async fn run_once(&mut self) {
+        if let Err(e) = process::check_ports(&self.entry) {
+            self.send(EventKind::SpawnFailed(e));
+            return;
+        }
+        let mut child = match process::spawn(&self.entry) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("cannot start `{}`: {e}", self.entry.command.join(" "));
+                self.send(EventKind::SpawnFailed(msg));
+                return;
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        let pumps =
+            [
+                child.stdout.take().map(|o| {
+                    tokio::spawn(pump(o, self.log.clone(), self.out.clone(), Stream::Stdout))
+                }),
+                child.stderr.take().map(|e| {
+                    tokio::spawn(pump(e, self.log.clone(), self.out.clone(), Stream::Stderr))
+                }),
+            ];
+        self.send(EventKind::Spawned { pid });
+
+        let entry = self.entry.clone();
+        let events = self.events.clone();
+        let idx = self.idx;
+        let report = move |r: &Result<(), String>| {
+            let _ = events.send(Event {
+                idx,
+                kind: EventKind::Probe(r.clone()),
+            });
+        };
+        let report2 = report.clone();
+        let is_longrun = entry.kind == Kind::Longrun;
+        let ready = async {
+            match (&entry.ready, is_longrun) {
+                (Some(p), true) => crate::probe::wait_ready(p, report).await,
+                (None, true) => Ok(()),
+                (_, false) => std::future::pending().await,
+            }
+        };
+        let liveness = async {
+            match &entry.liveness {
+                Some(p) if is_longrun => crate::probe::watch_liveness(p, report2).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::pin!(ready, liveness);
+        let mut is_ready = false;
+        let mut stop_done = None;
+
+        let (exit, cause) = loop {
+            tokio::select! {
+                st = child.wait() => {
+                    break (st.map(ExitInfo::from_status).unwrap_or_else(|_| unknown_exit()), Cause::Own);
+                }
+                r = &mut ready, if !is_ready => {
+                    is_ready = true;
+                    match r {
+                        Ok(()) => self.send(EventKind::Ready),
+                        Err(e) => {
+                            let reason = format!("readiness probe failed: {e}");
+                            let exit = self.stop(&mut child, pid, Instant::now() + entry.stop_timeout).await;
+                            break (exit, Cause::Probe(reason));
+                        }
+                    }
+                }
+                e = &mut liveness, if is_ready => {
+                    let reason = format!("liveness probe failed: {e}");
+                    let exit = self.stop(&mut child, pid, Instant::now() + entry.stop_timeout).await;
+                    break (exit, Cause::Probe(reason));
+                }
+                cmd = self.cmds.recv() => match cmd {
+                    Some(RunnerCmd::Stop { deadline, done }) => {
+                        let exit = self.stop(&mut child, pid, deadline).await;
+                        stop_done = Some(done);
+                        break (exit, Cause::Stopped);
+                    }
+                    Some(RunnerCmd::Kill) => process::signal_group(pid, Signal::SIGKILL),
+                    Some(RunnerCmd::Start) => {}
+                    None => {
+                        let exit = self.stop(&mut child, pid, Instant::now() + entry.stop_timeout).await;
+                        break (exit, Cause::Stopped);
+                    }
+                },
+            }
+        };
+        // Nothing of the group may outlive its leader (nginx workers, forked helpers).
+        if process::group_alive(pid) {
+            process::signal_group(pid, Signal::SIGKILL);
+            process::drain_group(pid, Duration::ZERO).await;
+        }
+        // Let the pumps flush the last lines, bounded: a leaked pipe must not block us.
+        for p in pumps.into_iter().flatten() {
+            let _ = tokio::time::timeout(Duration::from_millis(500), p).await;
+        }
+        self.send(EventKind::Exited { exit, cause });
+        if let Some(done) = stop_done {
+            let _ = done.send(());
+        }
+    }
+
+    /// Stop signal to the group, wait for the leader until `deadline`, then SIGKILL; a
+    /// `Kill` command escalates at once. Returns the leader's exit.
+    async fn stop(
+        &mut self,
+        child: &mut tokio::process::Child,
+        pgid: u32,
+        deadline: Instant,
+    ) -> ExitInfo {
+        let sig = self.entry.stop_signal;
+        process::signal_group(pgid, sig);
+        let sleep = tokio::time::sleep_until(deadline);
+        tokio::pin!(sleep);
+        let mut killed = false;
+        loop {
+            tokio::select! {
+                st = child.wait() => {
+                    let exit = st.map(ExitInfo::from_status).unwrap_or_else(|_| unknown_exit());
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    process::drain_group(pgid, left).await;
+                    return exit;
+                }
+                _ = &mut sleep, if !killed => {
+                    tracing::warn!("{}: did not stop within its timeout after {}; sending SIGKILL to its process group", self.entry.name, sig.as_str());
+                    process::signal_group(pgid, Signal::SIGKILL);
+                    killed = true;
+                }
+                cmd = self.cmds.recv(), if !killed => {
+                    if let Some(RunnerCmd::Kill) | None = cmd {
+                        process::signal_group(pgid, Signal::SIGKILL);
+                        killed = true;
+                    }
+                    if let Some(RunnerCmd::Stop { done, .. }) = cmd {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn unknown_exit() -> ExitInfo {
+    ExitInfo {
+        code: None,
+        signal: None,
+        at: crate::logs::now_ms(),
+    }
+}

@@ -1,0 +1,713 @@
+//! The control loop: the one owner of lifecycle state. Events from runners and commands
+//! from the API come in over channels; decisions go out as runner commands. No tick: it
+//! wakes only on an event, a command, a signal or a named timer (backoff).
+
+use crate::logs::{EntryLog, Output};
+use crate::plan::{Entry, Kind, Plan};
+use crate::process::ExitInfo;
+use crate::runner::{Cause, Event, EventKind, Runner, RunnerCmd};
+use crate::state::{Decision, RestartHistory, State};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Restart,
+    Run,
+}
+
+impl std::str::FromStr for Action {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "start" => Action::Start,
+            "stop" => Action::Stop,
+            "restart" => Action::Restart,
+            "run" => Action::Run,
+            _ => return Err(format!("unknown action `{s}` (start, stop, restart, run)")),
+        })
+    }
+}
+
+/// Requests to the control loop (from the API / CLI).
+pub enum Control {
+    Status(oneshot::Sender<Value>),
+    Act {
+        action: Action,
+        name: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// What the API may read without going through the loop.
+pub struct Shared {
+    pub plan: Arc<Plan>,
+    pub logs: Vec<Arc<EntryLog>>,
+    pub control: mpsc::Sender<Control>,
+}
+
+impl Shared {
+    pub fn log(&self, name: &str) -> Option<&Arc<EntryLog>> {
+        self.plan.index(name).map(|i| &self.logs[i])
+    }
+}
+
+/// Runtime facts of one entry, owned by the loop.
+#[derive(Default)]
+struct Rt {
+    state: Option<State>,
+    pid: Option<u32>,
+    started_at: Option<u64>,
+    started: Option<Instant>,
+    ready_at: Option<u64>,
+    time_to_ready: Option<Duration>,
+    restarts: u32,
+    last_exit: Option<ExitInfo>,
+    reason: Option<String>,
+    last_probe: Option<(bool, Option<String>, u64)>,
+    history: RestartHistory,
+    /// Bumped on every start/stop so stale backoff timers are ignored.
+    gen: u64,
+    user_stopped: bool,
+    runs: u32,
+    waiters: Vec<oneshot::Sender<Result<String, String>>>,
+    /// Restart once the current stop completes.
+    restart_after_stop: bool,
+}
+
+enum Internal {
+    BackoffDone { idx: usize, gen: u64 },
+    Stopped { idx: usize },
+}
+
+pub struct Supervisor {
+    plan: Arc<Plan>,
+    rt: Vec<Rt>,
+    runners: Vec<mpsc::UnboundedSender<RunnerCmd>>,
+    logs: Vec<Arc<EntryLog>>,
+    out: Arc<Output>,
+    events: mpsc::UnboundedReceiver<Event>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    internal: mpsc::UnboundedReceiver<Internal>,
+    control: mpsc::Receiver<Control>,
+    stopping: Option<tokio::time::Instant>,
+    exit_code: Option<i32>,
+    started: Instant,
+    shutdown_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Supervisor {
+    pub fn new(plan: Plan, out: Arc<Output>) -> (Supervisor, Arc<Shared>) {
+        let plan = Arc::new(plan);
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let (ctl_tx, ctl_rx) = mpsc::channel(256);
+        let logs: Vec<Arc<EntryLog>> = plan
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| EntryLog::new(&e.name, i, plan.settings.log_lines))
+            .collect();
+        let mut runners = Vec::new();
+        for (idx, e) in plan.entries.iter().enumerate() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let r = Runner {
+                idx,
+                entry: Arc::new(e.clone()),
+                log: logs[idx].clone(),
+                out: out.clone(),
+                events: ev_tx.clone(),
+                cmds: rx,
+            };
+            tokio::spawn(r.run());
+            runners.push(tx);
+        }
+        let started = Instant::now();
+        let shared = Arc::new(Shared {
+            plan: plan.clone(),
+            logs: logs.clone(),
+            control: ctl_tx,
+        });
+        let rt = plan
+            .entries
+            .iter()
+            .map(|_| Rt {
+                state: Some(State::Waiting),
+                ..Rt::default()
+            })
+            .collect();
+        let sup = Supervisor {
+            plan,
+            rt,
+            runners,
+            logs,
+            out,
+            events: ev_rx,
+            internal_tx: in_tx,
+            internal: in_rx,
+            control: ctl_rx,
+            stopping: None,
+            exit_code: None,
+            started,
+            shutdown_waiters: Vec::new(),
+        };
+        (sup, shared)
+    }
+
+    fn state(&self, i: usize) -> State {
+        self.rt[i].state.unwrap_or(State::Waiting)
+    }
+
+    fn entry(&self, i: usize) -> &Entry {
+        &self.plan.entries[i]
+    }
+
+    fn set(&mut self, i: usize, to: State) {
+        let from = self.state(i);
+        if from == to {
+            return;
+        }
+        debug_assert!(
+            crate::state::allowed(from, to),
+            "{}: {from:?} -> {to:?}",
+            self.entry(i).name
+        );
+        if !crate::state::allowed(from, to) {
+            tracing::error!(
+                "{}: unexpected transition {from:?} -> {to:?}",
+                self.entry(i).name
+            );
+        }
+        self.rt[i].state = Some(to);
+    }
+
+    /// Runs until everything is stopped; returns the exit code.
+    pub async fn run(mut self) -> i32 {
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        self.schedule();
+        loop {
+            if self.finished() {
+                break;
+            }
+            tokio::select! {
+                Some(ev) = self.events.recv() => self.on_event(ev),
+                Some(i) = self.internal.recv() => self.on_internal(i),
+                Some(c) = self.control.recv() => self.on_control(c),
+                _ = term.recv() => self.on_signal("SIGTERM"),
+                _ = int.recv() => self.on_signal("SIGINT"),
+                _ = hup.recv() => tracing::info!("SIGHUP ignored (config reload is not supported; restart the container)"),
+            }
+            self.schedule();
+        }
+        for w in self.shutdown_waiters.drain(..) {
+            let _ = w.send(());
+        }
+        let code = self.exit_code.unwrap_or_else(|| {
+            let failed = self
+                .plan
+                .entries
+                .iter()
+                .enumerate()
+                .any(|(i, e)| !e.optional && self.state(i) == State::Failed);
+            i32::from(failed)
+        });
+        tracing::info!("all entries stopped; exiting with code {code}");
+        code
+    }
+
+    fn on_signal(&mut self, name: &str) {
+        if self.stopping.is_some() {
+            tracing::warn!("second {name}: killing every process group now");
+            for r in &self.runners {
+                let _ = r.send(RunnerCmd::Kill);
+            }
+        } else {
+            tracing::info!("{name} received: stopping in reverse dependency order");
+            self.begin_shutdown(None);
+        }
+    }
+
+    fn begin_shutdown(&mut self, code: Option<i32>) {
+        if self.stopping.is_none() {
+            let deadline = tokio::time::Instant::now() + self.plan.settings.shutdown_timeout;
+            self.stopping = Some(deadline);
+            if code.is_some() {
+                self.exit_code = code;
+            }
+            // The budget is a named timer: when it runs out, everything is killed.
+            let runners = self.runners.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(deadline).await;
+                for r in &runners {
+                    let _ = r.send(RunnerCmd::Kill);
+                }
+            });
+        }
+    }
+
+    /// Done when nothing runs and nothing more can start (or we are stopping).
+    fn finished(&self) -> bool {
+        let any_active = (0..self.rt.len()).any(|i| self.state(i).is_active());
+        if any_active {
+            return false;
+        }
+        if self.stopping.is_some() {
+            return true;
+        }
+        if self.rt.iter().any(|r| r.user_stopped) {
+            return false;
+        }
+        (0..self.rt.len()).all(|i| self.state(i) != State::Waiting || self.blocked(i).is_some())
+    }
+
+    /// Why a waiting entry can never start (a dependency failed or stopped for good).
+    fn blocked(&self, i: usize) -> Option<String> {
+        self.entry(i).after.iter().find_map(|d| {
+            let s = self.state(d.idx);
+            matches!(s, State::Failed | State::Stopped)
+                .then(|| format!("blocked: dependency `{}` is {}", d.name, state_name(s)))
+        })
+    }
+
+    /// Starts every waiting entry whose dependencies are satisfied; during shutdown, stops
+    /// every active entry none of whose dependents is still active.
+    fn schedule(&mut self) {
+        if let Some(deadline) = self.stopping {
+            for i in 0..self.rt.len() {
+                let s = self.state(i);
+                if !s.is_active() || s == State::Stopping {
+                    continue;
+                }
+                let dependents_active = self.plan.dependents(i).any(|d| self.state(d).is_active());
+                if !dependents_active {
+                    self.stop_entry(i, deadline);
+                }
+            }
+            return;
+        }
+        loop {
+            let mut progressed = false;
+            for i in 0..self.rt.len() {
+                if self.state(i) != State::Waiting || self.rt[i].user_stopped {
+                    continue;
+                }
+                if let Some(why) = self.entry(i).skip.clone() {
+                    self.rt[i].reason = Some(why.clone());
+                    self.set(i, State::Skipped);
+                    tracing::info!("{}: skipped: {why}", self.entry(i).name);
+                    progressed = true;
+                    continue;
+                }
+                let skipped_dep = self
+                    .entry(i)
+                    .after
+                    .iter()
+                    .find(|d| self.state(d.idx) == State::Skipped)
+                    .map(|d| d.name.clone());
+                if let Some(d) = skipped_dep {
+                    self.rt[i].reason = Some(format!("dependency `{d}` is skipped"));
+                    self.set(i, State::Skipped);
+                    tracing::info!(
+                        "{}: skipped: dependency `{d}` is skipped",
+                        self.entry(i).name
+                    );
+                    progressed = true;
+                    continue;
+                }
+                let ok = self
+                    .entry(i)
+                    .after
+                    .iter()
+                    .all(|d| self.state(d.idx).satisfies(d.cond));
+                if ok {
+                    self.start(i);
+                    progressed = true;
+                } else {
+                    self.rt[i].reason = self.blocked(i);
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn start(&mut self, i: usize) {
+        let rt = &mut self.rt[i];
+        rt.gen += 1;
+        rt.reason = None;
+        rt.pid = None;
+        rt.started = Some(Instant::now());
+        rt.started_at = Some(crate::logs::now_ms());
+        rt.ready_at = None;
+        rt.time_to_ready = None;
+        rt.runs += 1;
+        let to = match self.entry(i).kind {
+            Kind::Longrun => State::Starting,
+            Kind::Oneshot => State::Running,
+        };
+        self.set(i, to);
+        let _ = self.runners[i].send(RunnerCmd::Start);
+    }
+
+    fn stop_entry(&mut self, i: usize, deadline: tokio::time::Instant) {
+        let s = self.state(i);
+        self.rt[i].gen += 1;
+        if s == State::Backoff {
+            self.set(i, State::Stopped);
+            return;
+        }
+        self.set(i, State::Stopping);
+        let e = self.entry(i);
+        let own = tokio::time::Instant::now() + e.stop_timeout;
+        let (done, rx) = oneshot::channel();
+        let _ = self.runners[i].send(RunnerCmd::Stop {
+            deadline: own.min(deadline),
+            done,
+        });
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let _ = rx.await;
+            let _ = tx.send(Internal::Stopped { idx: i });
+        });
+    }
+
+    fn on_internal(&mut self, msg: Internal) {
+        match msg {
+            Internal::BackoffDone { idx, gen } => {
+                if self.rt[idx].gen == gen
+                    && self.state(idx) == State::Backoff
+                    && self.stopping.is_none()
+                {
+                    self.rt[idx].restarts += 1;
+                    self.start(idx);
+                }
+            }
+            Internal::Stopped { idx } => {
+                if self.state(idx) == State::Stopping {
+                    self.set(idx, State::Stopped);
+                    self.rt[idx].pid = None;
+                }
+                if std::mem::take(&mut self.rt[idx].restart_after_stop) && self.stopping.is_none() {
+                    self.rt[idx].user_stopped = false;
+                    self.rt[idx].restarts += 1;
+                    self.set(idx, State::Waiting);
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        let i = ev.idx;
+        let name = self.entry(i).name.clone();
+        match ev.kind {
+            EventKind::Spawned { pid } => {
+                self.rt[i].pid = Some(pid);
+                tracing::info!("{name}: started (pid {pid})");
+            }
+            EventKind::Probe(r) => {
+                self.rt[i].last_probe = Some((r.is_ok(), r.err(), crate::logs::now_ms()));
+            }
+            EventKind::Ready => {
+                if self.state(i) == State::Starting {
+                    let t = self.rt[i].started.map(|s| s.elapsed()).unwrap_or_default();
+                    self.rt[i].time_to_ready = Some(t);
+                    self.rt[i].ready_at = Some(crate::logs::now_ms());
+                    self.set(i, State::Ready);
+                    tracing::info!("{name}: ready after {:.3}s", t.as_secs_f64());
+                }
+            }
+            EventKind::SpawnFailed(msg) => {
+                tracing::error!("{name}: {msg}");
+                self.logs[i].note(&self.out, format!("[dmp-contained] {msg}"));
+                self.rt[i].reason = Some(msg.clone());
+                let exit = ExitInfo {
+                    code: Some(127),
+                    signal: None,
+                    at: crate::logs::now_ms(),
+                };
+                self.after_exit(i, exit, Some(msg));
+            }
+            EventKind::Exited { exit, cause } => {
+                self.rt[i].pid = None;
+                let what = exit.describe();
+                match &cause {
+                    Cause::Stopped => {
+                        tracing::info!("{name}: stopped ({what})");
+                        self.rt[i].last_exit = Some(exit);
+                        // The Stopped internal message completes the transition.
+                    }
+                    Cause::Own => {
+                        if self.entry(i).kind == Kind::Longrun || !exit.success() {
+                            tracing::warn!("{name}: exited with {what}");
+                        } else {
+                            tracing::info!("{name}: done");
+                        }
+                        self.after_exit(i, exit, None);
+                    }
+                    Cause::Probe(reason) => {
+                        tracing::warn!("{name}: {reason}; process stopped ({what})");
+                        self.logs[i].note(&self.out, format!("[dmp-contained] {reason}"));
+                        self.after_exit(i, exit, Some(reason.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// An entry's process ended on its own (or never started): decide what comes next.
+    fn after_exit(&mut self, i: usize, exit: ExitInfo, reason: Option<String>) {
+        let kind = self.entry(i).kind;
+        let success = exit.success() && reason.is_none();
+        let code = exit.as_code();
+        self.rt[i].last_exit = Some(exit.clone());
+        if self.stopping.is_some() || self.state(i) == State::Stopping {
+            self.set(i, State::Stopped);
+            return;
+        }
+        if kind == Kind::Oneshot {
+            if success {
+                self.set(i, State::Done);
+                self.resolve_waiters(i, Ok(format!("{} done", self.entry(i).name)));
+            } else {
+                let why = reason.unwrap_or_else(|| format!("failed with {}", exit.describe()));
+                self.fail(i, why, code);
+            }
+            return;
+        }
+        let uptime = self.rt[i].started.map(|s| s.elapsed()).unwrap_or_default();
+        let policy = self.entry(i).restart.clone();
+        match self.rt[i]
+            .history
+            .decide(&policy, success, uptime, Instant::now())
+        {
+            Decision::RestartAfter(d) => {
+                self.rt[i].reason = Some(match &reason {
+                    Some(r) => format!("{r}; restarting in {d:?}"),
+                    None => format!("exited with {}; restarting in {d:?}", exit.describe()),
+                });
+                self.set(i, State::Backoff);
+                let gen = self.rt[i].gen;
+                if d.is_zero() {
+                    self.on_internal(Internal::BackoffDone { idx: i, gen });
+                } else {
+                    let tx = self.internal_tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(d).await;
+                        let _ = tx.send(Internal::BackoffDone { idx: i, gen });
+                    });
+                }
+            }
+            Decision::Stay => {
+                self.rt[i].reason = Some(format!("exited with {}", exit.describe()));
+                self.set(i, State::Stopped);
+            }
+            Decision::Fail(why) => {
+                let why = match reason {
+                    Some(r) => format!("{why}; last: {r}"),
+                    None => format!("{why}; last: {}", exit.describe()),
+                };
+                self.fail(i, why, code);
+            }
+        }
+    }
+
+    fn fail(&mut self, i: usize, why: String, code: i32) {
+        let name = self.entry(i).name.clone();
+        tracing::error!("{name}: failed: {why}");
+        self.rt[i].reason = Some(why.clone());
+        self.set(i, State::Failed);
+        self.resolve_waiters(i, Err(why));
+        if self.entry(i).critical {
+            tracing::error!("{name} is critical: shutting down with exit code {code}");
+            self.begin_shutdown(Some(if code == 0 { 1 } else { code }));
+        }
+    }
+
+    fn resolve_waiters(&mut self, i: usize, r: Result<String, String>) {
+        for w in self.rt[i].waiters.drain(..) {
+            let _ = w.send(r.clone());
+        }
+    }
+
+    fn on_control(&mut self, c: Control) {
+        match c {
+            Control::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Control::Shutdown(reply) => {
+                self.shutdown_waiters.push(reply);
+                self.begin_shutdown(None);
+            }
+            Control::Act {
+                action,
+                name,
+                reply,
+            } => {
+                let r = self.act(action, &name);
+                match r {
+                    Ok(Some(msg)) => {
+                        let _ = reply.send(Ok(msg));
+                    }
+                    Ok(None) => self.rt[self.plan.index(&name).unwrap()].waiters.push(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies a mutation. `Ok(None)` means: reply when the oneshot finishes.
+    fn act(&mut self, action: Action, name: &str) -> Result<Option<String>, String> {
+        if self.stopping.is_some() {
+            return Err("the supervisor is shutting down".into());
+        }
+        let i = self
+            .plan
+            .index(name)
+            .ok_or_else(|| format!("unknown entry `{name}` (known: {})", self.plan.names()))?;
+        let s = self.state(i);
+        let kind = self.entry(i).kind;
+        if s == State::Skipped {
+            return Err(format!(
+                "`{name}` is skipped: {}",
+                self.rt[i].reason.clone().unwrap_or_default()
+            ));
+        }
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        match action {
+            Action::Stop => {
+                self.rt[i].user_stopped = true;
+                if s.is_active() && s != State::Stopping {
+                    self.stop_entry(i, far);
+                    Ok(Some(format!("stopping {name}")))
+                } else {
+                    Ok(Some(format!("{name} is not running ({})", state_name(s))))
+                }
+            }
+            Action::Start | Action::Run | Action::Restart => {
+                if action == Action::Run && kind != Kind::Oneshot {
+                    return Err(format!(
+                        "`{name}` is a longrun; `run` is for [step] entries (use restart)"
+                    ));
+                }
+                if action == Action::Start && s.is_active() {
+                    return Ok(Some(format!("{name} is already {}", state_name(s))));
+                }
+                let deps_ok = self
+                    .entry(i)
+                    .after
+                    .iter()
+                    .all(|d| self.state(d.idx).satisfies(d.cond));
+                if !deps_ok {
+                    return Err(format!(
+                        "`{name}` cannot start yet: its dependencies are not satisfied"
+                    ));
+                }
+                self.rt[i].user_stopped = false;
+                self.rt[i].history = RestartHistory::default();
+                if s.is_active() {
+                    self.rt[i].restart_after_stop = true;
+                    if s != State::Stopping {
+                        self.stop_entry(i, far);
+                    }
+                } else {
+                    if s != State::Waiting {
+                        self.set(i, State::Waiting);
+                    }
+                    if action != Action::Start {
+                        self.rt[i].restarts +=
+                            u32::from(self.rt[i].runs > 0 && kind == Kind::Longrun);
+                    }
+                }
+                if kind == Kind::Oneshot && action == Action::Run {
+                    return Ok(None);
+                }
+                Ok(Some(format!(
+                    "{} {name}",
+                    match action {
+                        Action::Start => "starting",
+                        _ => "restarting",
+                    }
+                )))
+            }
+        }
+    }
+
+    fn status(&self) -> Value {
+        let entries: Vec<Value> = (0..self.rt.len()).map(|i| self.entry_status(i)).collect();
+        let state = if self.stopping.is_some() {
+            "stopping"
+        } else if (0..self.rt.len()).all(|i| self.state(i).is_healthy() || self.entry(i).optional) {
+            "running"
+        } else {
+            "starting"
+        };
+        json!({
+            "supervisor": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "uptime_s": self.started.elapsed().as_secs_f64(),
+                "state": state,
+                "config": self.plan.file,
+            },
+            "entries": entries,
+        })
+    }
+
+    fn entry_status(&self, i: usize) -> Value {
+        let e = self.entry(i);
+        let r = &self.rt[i];
+        let s = self.state(i);
+        let env: serde_json::Map<String, Value> = e
+            .declared_env
+            .iter()
+            .map(|(k, v)| {
+                let shown = if crate::interp::is_secret(k) {
+                    "<redacted>".to_string()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), Value::String(shown))
+            })
+            .collect();
+        json!({
+            "name": e.name,
+            "kind": e.kind,
+            "state": s,
+            "pid": r.pid,
+            "ready": s.satisfies(crate::plan::Cond::Ready) || s.satisfies(crate::plan::Cond::Done),
+            "required": !e.optional,
+            "critical": e.critical,
+            "started_at": r.started_at,
+            "ready_at": r.ready_at,
+            "uptime_s": (s.is_active()).then(|| r.started.map(|t| t.elapsed().as_secs_f64())).flatten(),
+            "time_to_ready_s": r.time_to_ready.map(|d| d.as_secs_f64()),
+            "restarts": r.restarts,
+            "runs": r.runs,
+            "last_exit": r.last_exit,
+            "last_probe": r.last_probe.as_ref().map(|(ok, err, at)| json!({"ok": ok, "error": err, "at": at})),
+            "reason": r.reason,
+            "after": e.after.iter().map(|d| format!("{}:{}", d.name, crate::plan::cond_name(d.cond))).collect::<Vec<_>>(),
+            "command": e.command,
+            "env": env,
+            "log_lines": self.logs[i].total_lines(),
+        })
+    }
+}
+
+pub fn state_name(s: State) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
