@@ -1,0 +1,291 @@
+//! Shared helpers for tests that run the real binary on temporary tables.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dmp-contained");
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` until it returns Some or the deadline passes (test-side waiting only).
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A supervisor running on a temp table, with its own API port and socket.
+pub struct Sup {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub child: Option<Child>,
+    pub config: PathBuf,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// Writes `body` after a generated `[supervisor]` section into a temp dir.
+pub fn table(body: &str) -> (tempfile::TempDir, u16, PathBuf) {
+    table_with(body, "")
+}
+
+pub fn table_with(body: &str, extra_settings: &str) -> (tempfile::TempDir, u16, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("supervisor.toml");
+    let text = format!(
+        "[supervisor]\napi_listen = \"127.0.0.1:{port}\"\nsocket = \"{}\"\ncache_dir = \"{}\"\n{extra_settings}\n{body}",
+        dir.path().join("ctl.sock").display(),
+        dir.path().join("cache").display(),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    (dir, port, cfg)
+}
+
+impl Sup {
+    pub fn start(body: &str) -> Sup {
+        Sup::start_args(body, &[])
+    }
+
+    pub fn start_args(body: &str, args: &[&str]) -> Sup {
+        let (dir, port, config) = table(body);
+        Sup::spawn(dir, port, config, args, &[])
+    }
+
+    pub fn spawn(
+        dir: tempfile::TempDir,
+        port: u16,
+        config: PathBuf,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Sup {
+        let stdout = dir.path().join("stdout.log");
+        let stderr = dir.path().join("stderr.log");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("up").arg("--config").arg(&config).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let s = Sup {
+            dir,
+            port,
+            child: Some(child),
+            config,
+            stdout,
+            stderr,
+        };
+        wait_for("control API", Duration::from_secs(10), || {
+            if let Some(code) = s.try_exit_code_peek() {
+                panic!(
+                    "supervisor exited early with {code}: {}\n{}",
+                    s.stderr_text(),
+                    s.stdout_text()
+                );
+            }
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        s
+    }
+
+    fn try_exit_code_peek(&self) -> Option<i32> {
+        // Non-consuming check through /proc: a zombie or missing pid means it exited.
+        let pid = self.child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        match stat {
+            None => Some(-1),
+            Some(s) if s.contains(") Z ") => Some(-1),
+            _ => None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("ctl.sock")
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// GET on the API; returns (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http(self.port, "GET", path, &[])
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = self.get("/_supervisor/status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub fn entry(&self, name: &str) -> serde_json::Value {
+        let st = self.status();
+        st["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no entry {name} in {st}"))
+    }
+
+    pub fn state(&self, name: &str) -> String {
+        self.entry(name)["state"].as_str().unwrap().to_string()
+    }
+
+    pub fn wait_state(&self, name: &str, want: &str, timeout: Duration) -> serde_json::Value {
+        wait_for(&format!("{name} to be {want}"), timeout, || {
+            let e = self.entry(name);
+            (e["state"] == want).then_some(e)
+        })
+    }
+
+    /// Runs the CLI against this supervisor.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// Waits for the supervisor to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let child = self.child.as_mut().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return st.code().unwrap_or(-1);
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "supervisor did not exit within {timeout:?}\nstderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn stop(&mut self) -> i32 {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(15))
+    }
+}
+
+impl Drop for Sup {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Minimal HTTP/1.1 client for tests (Connection: close).
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (code, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Writes an executable shell script fixture.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// Is a process alive (and not a zombie)?
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.contains(") Z "),
+        Err(_) => false,
+    }
+}
