@@ -422,6 +422,7 @@ pub fn parse(
                 );
                 continue;
             }
+            let span = extent(src, span, &format!("{section}.{name}"));
             match RawEntry::deserialize(v.into_inner()) {
                 Ok(r) => raws.push((name, kind, span, r)),
                 Err(e) => {
@@ -936,6 +937,25 @@ pub fn parse(
     })
 }
 
+/// Extends an entry's span over its sub-tables (`[process.a.restart]` …), up to the next
+/// header that belongs to something else.
+fn extent(src: &str, span: std::ops::Range<usize>, prefix: &str) -> std::ops::Range<usize> {
+    let mut off = span.start;
+    let mut first = true;
+    for line in src[span.start..].split_inclusive('\n') {
+        let t = line.trim_start();
+        if !first && t.starts_with('[') {
+            let h = t.trim_start_matches('[').trim_start();
+            if !h.starts_with(&format!("{prefix}.")) {
+                break;
+            }
+        }
+        first = false;
+        off += line.len();
+    }
+    span.start..off.max(span.end)
+}
+
 fn ancestors(deps: &[Vec<usize>], i: usize) -> Vec<usize> {
     let mut seen = vec![false; deps.len()];
     let mut stack = deps[i].clone();
@@ -1105,7 +1125,11 @@ after = ["seed", "db:started"]
     #[test]
     fn syntax_error_has_line() {
         let e = errs("[process.a]\ncommand = [\"x\"\nfoo = 1\n");
-        assert!(e[0].starts_with("/tmp/t.toml:3:") && e[0].contains("invalid array"), "{}", e[0]);
+        assert!(
+            e[0].starts_with("/tmp/t.toml:3:") && e[0].contains("invalid array"),
+            "{}",
+            e[0]
+        );
     }
 
     #[test]

@@ -1,0 +1,138 @@
+//! Bad input to the real binary: every case exits 2 with `file:line:col` and a clear message.
+mod common;
+use common::BIN;
+use std::process::Command;
+
+fn check(body: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("supervisor.toml");
+    std::fs::write(&cfg, body).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .env_remove("UNSET_FOR_TEST")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).replace(&cfg.display().to_string(), "T");
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// (table, expected line:col prefix, expected message fragment)
+const CASES: &[(&str, &str, &str)] = &[
+    ("[process.a]\ncommand = [\"sleep\"\n", "T:3:", "invalid array"),
+    ("[process.a]\ncommand = [\"sleep\"]\ncomand = 1\n", "T:3:1", "unknown field `comand`"),
+    ("[supervisor]\napi_listn = \"x\"\n", "T:2:1", "unknown field `api_listn`"),
+    ("[proces.a]\ncommand = [\"sleep\"]\n", "T:1:", "unknown field `proces`"),
+    ("[process.a]\ncommand = [\"sleep\"]\nafter = [\"dbb\"]\n[process.db]\ncommand = [\"sleep\"]\n", "T:3:1", "unknown dependency `dbb` (did you mean `db`?)"),
+    ("[process.a]\ncommand = [\"sleep\"]\nafter = [\"b\"]\n[process.b]\ncommand = [\"sleep\"]\nafter = [\"a\"]\n", "T:3:1", "dependency cycle: a -> b -> a"),
+    ("[process.a]\ncommand = [\"sleep\"]\nstop_timeout = \"5 parsecs\"\n", "T:3:1", "bad duration \"5 parsecs\""),
+    ("[process.a]\ncommand = [\"sleep\"]\nstop_signal = \"SIGFOO\"\n", "T:3:1", "unknown signal `SIGFOO`"),
+    ("[process.a]\ncommand = [\"sleep\"]\nuser = \"no-such-user-xyz\"\n", "T:3:1", "unknown user `no-such-user-xyz`"),
+    ("[process.a]\ncommand = [\"/no/such/binary\"]\n", "T:2:1", "executable `/no/such/binary` not found"),
+    ("[process.a]\ncommand = [\"no-such-cmd-xyz\"]\n", "T:2:1", "executable `no-such-cmd-xyz` not found"),
+    ("[process.a]\ncommand = [\"sleep\"]\nready = { tcp = \"x:1\", http = \"http://x\" }\n", "T:3:1", "needs exactly one of"),
+    ("[process.a]\ncommand = [\"sleep\"]\n[process.a.restart]\npolicy = \"sometimes\"\n", "T:4:1", "unknown restart policy `sometimes`"),
+    ("[process.a]\ncommand = [\"sleep\"]\ncwd = \"/no/such/dir\"\n", "T:3:1", "is not a directory"),
+    ("[process.a]\ncommand = [\"sleep\", \"${UNSET_FOR_TEST}\"]\n", "T:2:1", "variable `UNSET_FOR_TEST` is not set"),
+    ("[process.a]\ncommand = [\"sleep\"]\n[step.b]\ncommand = [\"true\"]\nafter = [\"a:done\"]\n", "T:5:1", "bad condition `a:done`"),
+    ("[step.a]\ncommand = [\"true\"]\nschedule = \"every tuesday\"\n", "T:3:1", "bad cron expression"),
+    ("[step.a]\ncommand = [\"true\"]\nready = { tcp = \"127.0.0.1:1\" }\n", "T:3:1", "probes apply to [process] entries only"),
+    ("[process.a]\ncommand = []\n", "T:2:1", "`command` is empty"),
+    ("[process.\"a b\"]\ncommand = [\"sleep\"]\n", "T:1:1", "names may use only"),
+    ("[process.a]\ncommand = [\"sleep\"]\n[step.a]\ncommand = [\"true\"]\n", "T:3:1", "defined both as"),
+    ("[process.a]\ncommand = [\"sleep\"]\nports = [70000]\n", "T:", "invalid value"),
+];
+
+#[test]
+fn every_bad_input_case_is_reported_with_location_and_exit_2() {
+    let mut failures = Vec::new();
+    for (body, at, msg) in CASES {
+        let (code, err) = check(body);
+        if code != 2 || !err.contains(&format!("error: {at}")) || !err.contains(msg) {
+            failures.push(format!(
+                "case {body:?}: exit {code}, wanted `{at}` + `{msg}`, got:\n{err}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let (code, err) = check(
+        "[process.a]\ncommand = [\"sleep\"]\nstop_signal = \"NOPE\"\nafter = [\"zz\"]\n\n[process.b]\ncommand = [\"/no/such\"]\nstop_timeout = \"x\"\nuser = \"no-such-user-xyz\"\n",
+    );
+    assert_eq!(code, 2);
+    for m in [
+        "unknown signal",
+        "unknown dependency `zz`",
+        "bad duration",
+        "unknown user",
+        "5 error(s)",
+    ] {
+        assert!(err.contains(m), "missing {m:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn up_with_a_bad_table_exits_2_through_the_init_shim() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        "[process.a]\ncommand = [\"sleep\"]\nafter = [\"nope\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown dependency `nope`"));
+}
+
+#[test]
+fn check_prints_levels() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        "[process.db]\ncommand = [\"sleep\"]\n[step.seed]\ncommand = \"true\"\nafter = [\"db\"]\n[process.app]\ncommand = [\"sleep\"]\nafter = [\"seed\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("level 0:\n  db"), "{text}");
+    assert!(
+        text.contains("level 1:\n  seed") && text.contains("after db:ready"),
+        "{text}"
+    );
+    assert!(
+        text.contains("level 2:\n  app") && text.contains("after seed:done"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_only_or_without_name_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        format!("[supervisor]\nsocket = \"{}/s.sock\"\napi_listen = \"127.0.0.1:0\"\n[process.db]\ncommand = [\"sleep\", \"5\"]\n", dir.path().display()),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "--only", "dbx", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown entry `dbx`"));
+}
