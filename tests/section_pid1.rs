@@ -42,7 +42,10 @@ fn wait_child(c: &mut std::process::Child, timeout: Duration) -> i32 {
         if let Some(st) = c.try_wait().unwrap() {
             return st.code().unwrap_or(-1);
         }
-        assert!(start.elapsed() < timeout, "PID 1 did not exit within {timeout:?}");
+        assert!(
+            start.elapsed() < timeout,
+            "PID 1 did not exit within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -61,7 +64,13 @@ fn crate_children(ppid: i32) -> Vec<i32> {
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
-                .and_then(|s| s[s.rfind(')')? + 2..].split(' ').nth(1)?.parse::<i32>().ok())
+                .and_then(|s| {
+                    s[s.rfind(')')? + 2..]
+                        .split(' ')
+                        .nth(1)?
+                        .parse::<i32>()
+                        .ok()
+                })
                 == Some(ppid)
         })
         .collect()
