@@ -176,6 +176,8 @@ class Ours(Tool):
     def __init__(self, binary, restart_overrides=None):
         self.binary = binary
         self.restart_overrides = restart_overrides
+        # comm is the executable's basename truncated to 15 bytes (a copy may be renamed)
+        self.comms = {"dmp-contained", os.path.basename(binary or "")[:15]}
 
     def available(self):
         if self.binary and os.access(self.binary, os.X_OK):
