@@ -87,13 +87,20 @@ RUN set -eux; \
         echo "WITH_ELASTICSEARCH=$WITH_ELASTICSEARCH: Elasticsearch not installed"; \
     fi
 
-# Directories the services write to, owned by the users they run as.
+# Directories the services write to, owned by the users they run as.  Without Elasticsearch its
+# user is still created: supervisor.toml names it, and an unknown user is a config error even for
+# an entry that will be skipped.
 RUN set -eux; \
     install -d -o postgres -g postgres -m 2775 /run/postgresql; \
     install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data; \
     install -d -o redis -g redis -m 0750 /var/lib/redis; \
     install -d /run/dmp-contained /var/cache/dmp-contained /dmp-contained/mount/apps-github-repos; \
-    if [ -d /etc/elasticsearch ]; then install -d -o elasticsearch -g elasticsearch /var/lib/elasticsearch /var/log/elasticsearch; fi
+    if [ -d /etc/elasticsearch ]; then \
+        install -d -o elasticsearch -g elasticsearch /var/lib/elasticsearch /var/log/elasticsearch; \
+    else \
+        useradd --system --user-group --no-create-home --home-dir /usr/share/elasticsearch \
+            --shell /usr/sbin/nologin elasticsearch; \
+    fi
 
 COPY resources-for-container/ /dmp-contained/resources-for-container/
 COPY supervisor.toml /dmp-contained/supervisor.toml

@@ -100,7 +100,11 @@ pub struct Supervisor {
     exit_code: Option<i32>,
     started: Instant,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
+    stop_requested_at: Option<Instant>,
 }
+
+/// A second SIGTERM/SIGINT means "kill now" only when it comes after this window.
+const SIGNAL_REPEAT_WINDOW: Duration = Duration::from_millis(500);
 
 impl Supervisor {
     pub fn new(plan: Plan, out: Arc<Output>) -> (Supervisor, Arc<Shared>) {
@@ -156,6 +160,7 @@ impl Supervisor {
             exit_code: None,
             started,
             shutdown_waiters: Vec::new(),
+            stop_requested_at: None,
         };
         (sup, shared)
     }
@@ -224,6 +229,15 @@ impl Supervisor {
     }
 
     fn on_signal(&mut self, name: &str) {
+        if let Some(at) = self.stop_requested_at {
+            // One keypress or `docker stop` can arrive twice (directly and through the init
+            // shim, or via a process-group kill): repeats within the window are the same request.
+            if at.elapsed() < SIGNAL_REPEAT_WINDOW {
+                tracing::info!("{name} repeated within {SIGNAL_REPEAT_WINDOW:?}: already stopping");
+                return;
+            }
+        }
+        self.stop_requested_at.get_or_insert_with(Instant::now);
         if self.stopping.is_some() {
             tracing::warn!("second {name}: killing every process group now");
             for r in &self.runners {

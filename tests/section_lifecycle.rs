@@ -294,7 +294,7 @@ fn second_sigterm_kills_immediately() {
     let mut s = Sup::start("[process.stubborn]\ncommand = \"trap '' TERM; while true; do sleep 0.05; done\"\nstop_timeout = \"30s\"\n");
     s.wait_state("stubborn", "ready", Duration::from_secs(5));
     s.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(700));
     let t = std::time::Instant::now();
     s.signal(libc::SIGTERM);
     s.wait_exit(Duration::from_secs(5));
@@ -412,4 +412,35 @@ command = ["sleep", "60"]
     s.wait_state("ok", "ready", Duration::from_secs(5));
     let (code, _) = s.get("/_supervisor/health");
     assert_eq!(code, 200);
+}
+
+#[test]
+fn one_stop_request_delivered_twice_stays_graceful() {
+    // `pkill -f`, `timeout` or a terminal can deliver the same SIGTERM to the shim and the
+    // supervisor: that is one request, not "kill now".
+    let mut s = Sup::start(
+        "[process.slow]\ncommand = \"trap 'sleep 0.3; echo clean-exit; exit 0' TERM; while true; do sleep 0.05; done\"\nstop_timeout = \"10s\"\n",
+    );
+    s.wait_state("slow", "ready", Duration::from_secs(5));
+    let shim = s.pid() as i32;
+    let sup = wait_for("supervisor child", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{shim}/task/{shim}/children"))
+            .ok()
+            .and_then(|c| {
+                c.split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse::<i32>().ok())
+            })
+    });
+    unsafe {
+        libc::kill(sup, libc::SIGTERM);
+        libc::kill(shim, libc::SIGTERM);
+    }
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), 0);
+    assert!(
+        s.stdout_text().contains("slow | clean-exit"),
+        "{}",
+        s.stderr_text()
+    );
+    assert!(!s.stderr_text().contains("killing every process group"));
 }
