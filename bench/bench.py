@@ -517,14 +517,15 @@ class Bench:
                 if wall is None:
                     log(f"logs: {tool.name} run {i}: END marker not seen in {self.a.logs_timeout}s "
                         f"({c['lines']} lines); {r.stderr_tail()}")
+                got = c["unique"] if c["prefixed"] is None else min(c["unique"], c["prefixed"])
                 walls.append(wall)
-                lost.append(n - c["unique"])
+                lost.append(n - got)
                 cpus.append(cpu / CLK_TCK if sup else None)
                 for k in ("out_of_order", "prefixed"):
                     if c[k] is not None:
                         extra.setdefault(k, []).append(c[k])
                 extra.setdefault("duplicates", []).append(c["lines"] - c["unique"])
-                log(f"logs: {tool.name} run {i}: wall={wall} lines={c['lines']} lost={n - c['unique']}")
+                log(f"logs: {tool.name} run {i}: wall={wall} lines={c['lines']} lost={n - got}")
             res[tool.name] = {"wall_s": stats(walls), "lost": stats(lost), "cpu_s": stats(cpus),
                               "timeouts": walls.count(None), **{k: stats(v) for k, v in extra.items()},
                               "note": tool.note}
@@ -812,7 +813,8 @@ class Bench:
                            f"{self.mmm(v['lost'])} | {self.mmm(v['cpu_s'], '', 2)} | {self.cell('; '.join(x for x in notes if x))} |")
             skipped("logs")
             out.append("\nWall = tool start → producer's last line present in the output file (stdout "
-                       "redirected to a file); lines lost = produced − distinct payload lines found.")
+                       "redirected to a file); lines lost = produced − distinct payload lines found "
+                       "(dmp-contained: counted only with the `prod | ` prefix).")
         if "restart" in B:
             b = B["restart"]
             ref = b.get(OURS)
