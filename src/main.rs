@@ -115,6 +115,11 @@ enum Cmd {
 }
 
 fn main() {
+    // The init shim runs before any parsing, so PID 1 touches as little memory as possible;
+    // the supervisor child parses (and reports usage errors, exit 2, passed through).
+    if std::env::var_os(pid1::ROLE_ENV).is_none() && wants_up() {
+        pid1::run_shim();
+    }
     let cli = Cli::parse();
     let cmd = cli.cmd.unwrap_or(Cmd::Up {
         log_format: LogFormat::Text,
@@ -128,16 +133,31 @@ fn main() {
             only,
             without,
             fresh: _,
-        } => {
-            if std::env::var_os(pid1::ROLE_ENV).is_none() {
-                pid1::run_shim();
-            }
-            up(&cli.config, log_format, &only, &without)
-        }
+        } => up(&cli.config, log_format, &only, &without),
         Cmd::Check { json } => check(&cli.config, json),
         other => client(other, &cli.config, cli.socket.as_deref()),
     };
     std::process::exit(code);
+}
+
+/// Is this invocation `up` (explicit, or no subcommand at all)?
+fn wants_up() -> bool {
+    const SUBCOMMANDS: &[&str] = &[
+        "check", "status", "health", "logs", "restart", "stop", "start", "run", "shutdown", "help",
+    ];
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "up" => return true,
+            "-h" | "--help" | "-V" | "--version" => return false,
+            "-c" | "--config" | "--socket" => {
+                args.next();
+            }
+            s if s.starts_with('-') => {}
+            s => return !SUBCOMMANDS.contains(&s),
+        }
+    }
+    true
 }
 
 fn load(config: &std::path::Path) -> Result<plan::Plan, i32> {

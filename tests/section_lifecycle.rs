@@ -444,3 +444,35 @@ fn one_stop_request_delivered_twice_stays_graceful() {
     );
     assert!(!s.stderr_text().contains("killing every process group"));
 }
+
+#[test]
+fn env_files_interpolation_and_entry_env_reach_the_service() {
+    let (dir, port, cfg) = table_with(
+        r#"
+[step.show]
+command = "echo db=$DATABASE_URL mode=$MODE extra=$EXTRA home=$HOME_DIR"
+env_file = "app.env"
+env = { MODE = "${MODE_FROM_ENV:-dev}", HOME_DIR = "${DMP_TEST_DIR}" }
+"#,
+        "env_file = \"global.env\"",
+    );
+    std::fs::write(
+        dir.path().join("global.env"),
+        "DMP_TEST_DIR=/srv/test\nEXTRA=from-global\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("app.env"),
+        "# app\nexport DATABASE_URL=\"postgres://localhost/dmp\"\n",
+    )
+    .unwrap();
+    let mut s = Sup::spawn(dir, port, cfg, &[], &[("MODE_FROM_ENV", "")]);
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), 0);
+    let out = s.stdout_text();
+    assert!(
+        out.contains(
+            "show | db=postgres://localhost/dmp mode=dev extra=from-global home=/srv/test"
+        ),
+        "{out}"
+    );
+}
