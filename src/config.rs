@@ -518,6 +518,9 @@ pub fn parse(
                             home: pw.dir,
                         })
                     }
+                    // A skipped entry (its software is not installed) may name a user that
+                    // does not exist here either.
+                    _ if skip.is_some() => None,
                     _ => {
                         errs.key(&span, "user", format!("{ctx}: unknown user `{u}`"));
                         None

@@ -300,7 +300,9 @@ impl Supervisor {
                 if !s.is_active() || s == State::Stopping {
                     continue;
                 }
-                let dependents_active = self.plan.dependents(i).any(|d| self.state(d).is_active());
+                let dependents_active = self
+                    .transitive_dependents(i)
+                    .any(|d| self.state(d).is_active());
                 if !dependents_active {
                     self.stop_entry(i, deadline);
                 }
@@ -352,6 +354,22 @@ impl Supervisor {
                 break;
             }
         }
+    }
+
+    /// Every entry that depends on `i`, directly or through others (finished oneshots too:
+    /// an app after `db-create` after `postgres` keeps Postgres up until the app has stopped).
+    fn transitive_dependents(&self, i: usize) -> impl Iterator<Item = usize> {
+        let mut seen = vec![false; self.rt.len()];
+        let mut stack: Vec<usize> = self.plan.dependents(i).collect();
+        while let Some(d) = stack.pop() {
+            if !std::mem::replace(&mut seen[d], true) {
+                stack.extend(self.plan.dependents(d));
+            }
+        }
+        seen.into_iter()
+            .enumerate()
+            .filter(|(_, s)| *s)
+            .map(|(j, _)| j)
     }
 
     fn start(&mut self, i: usize) {

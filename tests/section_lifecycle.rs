@@ -476,3 +476,25 @@ env = { MODE = "${MODE_FROM_ENV:-dev}", HOME_DIR = "${DMP_TEST_DIR}" }
         "{out}"
     );
 }
+
+#[test]
+fn shutdown_order_follows_dependencies_through_finished_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let order = dir.path().join("order");
+    let mk = |name: &str, delay: &str| {
+        script(dir.path(), name, &format!(
+            "trap 'sleep {delay}; echo {name} >> {o}; exit 0' TERM\nwhile true; do sleep 0.05; done",
+            o = order.display()
+        ))
+    };
+    // The app is slow to stop, Postgres quick: Postgres must still wait for it.
+    let (pg, app) = (mk("pg", "0"), mk("app", "0.4"));
+    let mut s = Sup::start(&format!(
+        "[process.pg]\ncommand = [\"{}\"]\n[step.db-create]\ncommand = \"true\"\nafter = [\"pg\"]\n[process.app]\ncommand = [\"{}\"]\nafter = [\"db-create\"]\n",
+        pg.display(),
+        app.display()
+    ));
+    s.wait_state("app", "ready", Duration::from_secs(5));
+    assert_eq!(s.stop(), 0);
+    assert_eq!(std::fs::read_to_string(&order).unwrap(), "app\npg\n");
+}
