@@ -490,11 +490,28 @@ class Bench:
                 outp = os.path.join(d, "out.log")
                 r = Run(tool, d, [Svc("prod", [self.producer, str(n)], restart="never")], stdout=outp)
                 wall = None
+                # Supervisor CPU is sampled while it runs: a tool may exit on its own once the
+                # producer is done, and then its CPU time is gone from /proc.
+                cpu_last, sup = {}, set()
+                next_scan = next_sample = 0.0
+
+                def sample(now):
+                    nonlocal next_scan, next_sample
+                    if now >= next_scan:
+                        sup.update(r.supervisor_pids())
+                        next_scan = now + 0.2
+                    if now >= next_sample:
+                        for p in sup:
+                            st = read_stat(p)
+                            if st and st["state"] not in ("Z", "X"):
+                                cpu_last[p] = st["utime"] + st["stime"]
+                        next_sample = now + 0.02
                 try:
                     with open(outp, "rb") as f:
-                        pos, tail = 0, b""
+                        tail = b""
                         deadline = r.t_start + self.a.logs_timeout
                         while time.monotonic() < deadline:
+                            sample(time.monotonic())
                             chunk = f.read()
                             if chunk:
                                 buf = tail + chunk
@@ -504,11 +521,9 @@ class Bench:
                                 tail = buf[-64:]
                             else:
                                 time.sleep(0.002)
-                    sup = r.supervisor_pids()
-                    cpu = 0
-                    for p in sup:
-                        st = read_stat(p)
-                        cpu += st["utime"] + st["stime"] if st else 0
+                    next_sample = 0.0
+                    sample(time.monotonic())
+                    cpu = sum(cpu_last.values())
                     time.sleep(0.3)  # anything still in flight after the marker
                 finally:
                     r.cleanup()
@@ -804,13 +819,13 @@ class Bench:
                 if v.get("timeouts"):
                     notes.append(f"{v['timeouts']} run(s) timed out")
                 if v.get("prefixed"):
-                    notes.append(f"`prod | ` prefixed lines: {self.fmt(v['prefixed']['median'])}")
+                    notes.append(f"`prod | ` prefixed lines: {self.fmt(v['prefixed']['median'], '', 0)}")
                 if v.get("out_of_order") and v["out_of_order"]["max"]:
                     notes.append(f"out of order: {v['out_of_order']['max']}")
                 if v.get("duplicates") and v["duplicates"]["max"]:
                     notes.append(f"duplicates: {v['duplicates']['max']}")
                 out.append(f"| {self.cell(t)} | {self.mmm(v['wall_s'], '', 2)} | {self.ratio(v['wall_s'], ref and ref['wall_s'])} | "
-                           f"{self.mmm(v['lost'])} | {self.mmm(v['cpu_s'], '', 2)} | {self.cell('; '.join(x for x in notes if x))} |")
+                           f"{self.mmm(v['lost'], '', 0)} | {self.mmm(v['cpu_s'], '', 2)} | {self.cell('; '.join(x for x in notes if x))} |")
             skipped("logs")
             out.append("\nWall = tool start → producer's last line present in the output file (stdout "
                        "redirected to a file); lines lost = produced − distinct payload lines found "
