@@ -61,8 +61,13 @@ pub struct EntryLog {
     color: u8,
     cap: usize,
     ring: Mutex<Ring>,
-    tx: broadcast::Sender<Arc<Line>>,
+    /// One message per captured batch (one pipe read), so a burst of many short lines cannot
+    /// overrun followers that keep up.
+    tx: broadcast::Sender<Batch>,
 }
+
+/// Lines captured together, in order.
+pub type Batch = Arc<Vec<Arc<Line>>>;
 
 struct Ring {
     next_seq: u64,
@@ -97,7 +102,7 @@ impl EntryLog {
     }
 
     /// Tail and subscription taken atomically, so a follower misses nothing in between.
-    pub fn follow(&self, n: usize) -> (Vec<Arc<Line>>, broadcast::Receiver<Arc<Line>>) {
+    pub fn follow(&self, n: usize) -> (Vec<Arc<Line>>, broadcast::Receiver<Batch>) {
         let r = self.ring.lock().unwrap();
         let rx = self.tx.subscribe();
         let tail = r
@@ -120,6 +125,7 @@ impl EntryLog {
         }
         let ts = now_ms();
         let mut buf = Vec::with_capacity(texts.iter().map(|t| t.len() + 32).sum());
+        let mut batch = Vec::with_capacity(texts.len());
         let mut r = self.ring.lock().unwrap();
         for text in texts {
             let line = Arc::new(Line {
@@ -135,9 +141,11 @@ impl EntryLog {
             if r.lines.len() == self.cap {
                 r.lines.pop_front();
             }
-            let _ = self.tx.send(line.clone());
+            batch.push(line.clone());
             r.lines.push_back(line);
         }
+        // Sent under the ring lock so `follow` never sees a line twice or misses one.
+        let _ = self.tx.send(Arc::new(batch));
         drop(r);
         out.write_batch(&buf);
     }
@@ -258,7 +266,7 @@ mod tests {
         );
         let tail: Vec<String> = log.tail(10).iter().map(|l| l.text.clone()).collect();
         assert_eq!(tail, vec!["2", "3", "4"]);
-        assert_eq!(rx.try_recv().unwrap().text, "0");
+        assert_eq!(rx.try_recv().unwrap()[0].text, "0");
         assert_eq!(log.total_lines(), 5);
     }
 }
