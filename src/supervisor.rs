@@ -679,6 +679,10 @@ impl Supervisor {
         let entries: Vec<Value> = (0..self.rt.len()).map(|i| self.entry_status(i)).collect();
         let state = if self.stopping.is_some() {
             "stopping"
+        } else if (0..self.rt.len())
+            .any(|i| self.state(i) == State::Failed && !self.entry(i).optional)
+        {
+            "degraded"
         } else if (0..self.rt.len()).all(|i| self.state(i).is_healthy() || self.entry(i).optional) {
             "running"
         } else {
