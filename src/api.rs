@@ -10,10 +10,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub const PREFIX: &str = "/_supervisor";
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -65,13 +66,16 @@ pub struct Api {
 }
 
 impl Api {
+    /// The loop's status snapshot, with secrets scrubbed and waiting reasons filled in.
     pub async fn status(&self) -> Option<Value> {
         let (tx, rx) = oneshot::channel();
         self.shared.control.send(Control::Status(tx)).await.ok()?;
-        tokio::time::timeout(Duration::from_secs(5), rx)
+        let mut v = tokio::time::timeout(Duration::from_secs(5), rx)
             .await
             .ok()?
-            .ok()
+            .ok()?;
+        enrich_status(&mut v, &self.shared.plan);
+        Some(v)
     }
 
     pub async fn handle(&self, req: Request<Incoming>, trusted: bool) -> Resp {
@@ -79,7 +83,12 @@ impl Api {
         let query = req.uri().query().unwrap_or("").to_string();
         let rel = path.strip_prefix(PREFIX).unwrap_or(&path);
         let rel = rel.trim_start_matches('/');
-        let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
+        let decoded: Vec<String> = rel
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(percent_decode)
+            .collect();
+        let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
         let method = req.method().clone();
         let authorized = trusted || self.bearer_ok(&req);
         match (&method, parts.as_slice()) {
@@ -140,9 +149,13 @@ impl Api {
         else {
             return false;
         };
-        let Some(given) = h.strip_prefix("Bearer ") else {
+        let Some((scheme, given)) = h.split_once(' ') else {
             return false;
         };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return false;
+        }
+        let given = given.trim();
         // Constant-time comparison.
         given.len() == tok.len()
             && given
@@ -220,36 +233,13 @@ impl Api {
             }
             return full(StatusCode::OK, ctype, buf);
         }
-        let (lines, mut rx) = log.follow(tail);
+        let (lines, rx) = log.follow(tail);
         let mut first = Vec::new();
         for l in lines {
             fmt(&l, &mut first);
         }
-        let (tx, body_rx) = mpsc::channel::<Bytes>(64);
-        tokio::spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                let mut buf = Vec::new();
-                match rx.recv().await {
-                    Ok(l) => fmt(&l, &mut buf),
-                    Err(RecvError::Lagged(n)) => buf.extend_from_slice(
-                        format!("[dmp-contained: follower too slow, {n} lines skipped]\n")
-                            .as_bytes(),
-                    ),
-                    Err(RecvError::Closed) => return,
-                }
-                // Drain what is already queued into the same chunk.
-                while buf.len() < 64 * 1024 {
-                    match rx.try_recv() {
-                        Ok(l) => fmt(&l, &mut buf),
-                        Err(_) => break,
-                    }
-                }
-                if tx.send(Bytes::from(buf)).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let (tx, body_rx) = mpsc::channel::<Bytes>(2);
+        tokio::spawn(pump_follower(rx, tx, first, fmt));
         Response::builder()
             .status(StatusCode::OK)
             .header("content-type", ctype)
@@ -257,7 +247,7 @@ impl Api {
             .header("x-accel-buffering", "no")
             .body(http_body_util::Either::Right(ChannelBody {
                 rx: body_rx,
-                first: Some(Bytes::from(first)),
+                first: None,
             }))
             .unwrap()
     }
@@ -275,6 +265,268 @@ impl Api {
             render_metrics(&v),
         )
     }
+}
+
+/// Bytes a follower may have formatted but not yet written to its socket; beyond this its
+/// newest lines are dropped (with a marker line) instead of growing memory or slowing anyone.
+const FOLLOW_MAX_PENDING: usize = 2 << 20;
+
+static FOLLOWERS: AtomicUsize = AtomicUsize::new(0);
+static TCP_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+
+struct Count(&'static AtomicUsize);
+impl Count {
+    fn new(c: &'static AtomicUsize) -> Count {
+        c.fetch_add(1, Ordering::Relaxed);
+        Count(c)
+    }
+}
+impl Drop for Count {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Moves one follower's lines from the log broadcast to its response body. It drains the
+/// broadcast continuously (so a fast burst never overruns it) and buffers up to
+/// `FOLLOW_MAX_PENDING` bytes while the client is slow; a client that does not read at all
+/// costs a bounded amount of memory and never blocks the service or other followers.
+async fn pump_follower(
+    mut rx: broadcast::Receiver<crate::logs::Batch>,
+    tx: mpsc::Sender<Bytes>,
+    mut buf: Vec<u8>,
+    fmt: impl Fn(&crate::logs::Line, &mut Vec<u8>),
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let _count = Count::new(&FOLLOWERS);
+    let mut skipped: u64 = 0;
+    let mut lagged: u64 = 0;
+    let mut open = true;
+    loop {
+        let pending = !buf.is_empty() || skipped > 0 || lagged > 0;
+        if !open && !pending {
+            return;
+        }
+        tokio::select! {
+            r = rx.recv(), if open => match r {
+                Ok(batch) => {
+                    if buf.len() >= FOLLOW_MAX_PENDING {
+                        skipped += batch.len() as u64;
+                    } else {
+                        for l in batch.iter() {
+                            fmt(l, &mut buf);
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(n)) => lagged += n,
+                Err(RecvError::Closed) => open = false,
+            },
+            permit = tx.reserve(), if pending => {
+                let Ok(permit) = permit else { return };
+                if skipped > 0 || lagged > 0 {
+                    let note = if skipped > 0 {
+                        format!("[dmp-contained: follower too slow, {skipped} lines skipped]\n")
+                    } else {
+                        format!("[dmp-contained: follower too slow, {lagged} batches of lines skipped]\n")
+                    };
+                    buf.extend_from_slice(note.as_bytes());
+                    skipped = 0;
+                    lagged = 0;
+                }
+                permit.send(Bytes::from(std::mem::take(&mut buf)));
+            }
+            _ = tx.closed(), if !pending => return,
+        }
+    }
+}
+
+/// Post-processes the loop's snapshot: scrubs secret values wherever they could show
+/// (declared env, command, reasons, probe errors) and explains why waiting entries wait.
+pub fn enrich_status(v: &mut Value, plan: &crate::plan::Plan) {
+    let states: std::collections::HashMap<String, String> = v["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["state"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let Some(entries) = v["entries"].as_array_mut() else {
+        return;
+    };
+    for e in entries {
+        let Some(entry) = e["name"]
+            .as_str()
+            .and_then(|n| plan.index(n))
+            .map(|i| &plan.entries[i])
+        else {
+            continue;
+        };
+        let secrets: Vec<&str> = entry
+            .env
+            .iter()
+            .chain(entry.declared_env.iter())
+            .filter(|(k, v)| crate::interp::is_secret(k) && v.len() >= 3)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        if let Some(env) = e["env"].as_object_mut() {
+            for (k, val) in env.iter_mut() {
+                if crate::interp::is_secret(k) {
+                    *val = Value::String("<redacted>".into());
+                } else if let Some(s) = val.as_str() {
+                    *val = Value::String(scrub(s, &secrets));
+                }
+            }
+        }
+        if let Some(cmd) = e["command"].as_array_mut() {
+            for a in cmd {
+                if let Some(s) = a.as_str() {
+                    *a = Value::String(scrub(s, &secrets));
+                }
+            }
+        }
+        for key in ["reason"] {
+            if let Some(s) = e[key].as_str() {
+                e[key] = Value::String(scrub(s, &secrets));
+            }
+        }
+        if let Some(s) = e["last_probe"]["error"].as_str() {
+            e["last_probe"]["error"] = Value::String(scrub(s, &secrets));
+        }
+        if e["state"] == "waiting" && e["reason"].is_null() {
+            let missing: Vec<String> = entry
+                .after
+                .iter()
+                .filter(|d| {
+                    let st = states.get(&d.name).map(String::as_str).unwrap_or("");
+                    !match crate::plan::cond_name(d.cond) {
+                        "ready" => st == "ready",
+                        "started" => matches!(st, "starting" | "ready"),
+                        _ => matches!(st, "done" | "cached"),
+                    }
+                })
+                .map(|d| {
+                    format!(
+                        "{}:{} (now {})",
+                        d.name,
+                        crate::plan::cond_name(d.cond),
+                        states.get(&d.name).map(String::as_str).unwrap_or("?")
+                    )
+                })
+                .collect();
+            if !missing.is_empty() {
+                e["reason"] = Value::String(format!("waiting for {}", missing.join(", ")));
+            }
+        }
+    }
+}
+
+/// Replaces known secret values, URL passwords (`scheme://user:PASS@`) and `password=…`-style
+/// pairs with `<redacted>`.
+pub fn scrub(s: &str, secrets: &[&str]) -> String {
+    const R: &str = "<redacted>";
+    let mut out = s.to_string();
+    for sec in secrets {
+        if !sec.is_empty() && out.contains(sec) {
+            out = out.replace(sec, R);
+        }
+    }
+    // URL userinfo passwords.
+    let mut from = 0;
+    while let Some(p) = out[from..].find("://") {
+        let auth_start = from + p + 3;
+        let auth_end = out[auth_start..]
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .map_or(out.len(), |i| auth_start + i);
+        if let Some(at) = out[auth_start..auth_end].rfind('@') {
+            let userinfo = &out[auth_start..auth_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                let pw_start = auth_start + colon + 1;
+                let pw_end = auth_start + at;
+                if &out[pw_start..pw_end] != R {
+                    out.replace_range(pw_start..pw_end, R);
+                }
+            }
+        }
+        from = auth_start.min(out.len());
+    }
+    // key=value pairs whose key looks secret (DSNs, flags).
+    for word in ["password", "passwd", "secret", "token", "key"] {
+        let mut from = 0;
+        loop {
+            let lower = out.to_ascii_lowercase();
+            let Some(p) = lower[from..].find(&format!("{word}=")) else {
+                break;
+            };
+            let v_start = from + p + word.len() + 1;
+            let v_end = out[v_start..]
+                .find(|c: char| c.is_whitespace() || matches!(c, '&' | ';' | ',' | '"' | '\''))
+                .map_or(out.len(), |i| v_start + i);
+            if v_end > v_start && &out[v_start..v_end] != R {
+                out.replace_range(v_start..v_end, R);
+            }
+            from = v_start;
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(x) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(x);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Raises this process's RLIMIT_NOFILE soft limit to the hard limit (many followers and
+/// dashboard connections plus every service's pipes). Returns the resulting soft limit.
+/// Call it from `main` before the runtime starts.
+#[allow(dead_code)]
+pub fn raise_nofile() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 1024;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                r.rlim_cur = r.rlim_max;
+            }
+        }
+    }
+    r.rlim_cur
+}
+
+fn nofile_soft() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 1024;
+    }
+    r.rlim_cur
 }
 
 /// Required entries that are not ready/done (skipped ones count as fine).
@@ -308,8 +560,8 @@ pub fn render_metrics(v: &Value) -> String {
     let lab = |e: &Value| {
         format!(
             "{{entry=\"{}\",kind=\"{}\"}}",
-            e["name"].as_str().unwrap_or(""),
-            e["kind"].as_str().unwrap_or("")
+            label_escape(e["name"].as_str().unwrap_or("")),
+            label_escape(e["kind"].as_str().unwrap_or(""))
         )
     };
     let rows =
@@ -340,8 +592,14 @@ pub fn render_metrics(v: &Value) -> String {
             let x = &e["last_exit"];
             if x.is_null() {
                 -1.0
+            } else if let Some(c) = x["code"].as_f64() {
+                c
             } else {
-                x["code"].as_f64().unwrap_or(128.0)
+                let sig = x["signal"]
+                    .as_str()
+                    .and_then(|s| s.parse::<nix::sys::signal::Signal>().ok())
+                    .map_or(0, |s| s as i32);
+                f64::from(128 + sig)
             }
         }),
     );
@@ -362,6 +620,40 @@ pub fn render_metrics(v: &Value) -> String {
             .collect(),
     );
     family(
+        "dmp_entry_state",
+        "1 for the entry's current state",
+        "gauge",
+        entries
+            .iter()
+            .map(|e| {
+                (
+                    format!(
+                        "{{entry=\"{}\",kind=\"{}\",state=\"{}\"}}",
+                        label_escape(e["name"].as_str().unwrap_or("")),
+                        label_escape(e["kind"].as_str().unwrap_or("")),
+                        label_escape(e["state"].as_str().unwrap_or(""))
+                    ),
+                    1.0,
+                )
+            })
+            .collect(),
+    );
+    family(
+        "dmp_api_log_followers",
+        "log followers currently streaming",
+        "gauge",
+        vec![(String::new(), FOLLOWERS.load(Ordering::Relaxed) as f64)],
+    );
+    family(
+        "dmp_api_tcp_connections",
+        "open HTTP connections on the TCP listener",
+        "gauge",
+        vec![(
+            String::new(),
+            TCP_CONNECTIONS.load(Ordering::Relaxed) as f64,
+        )],
+    );
+    family(
         "dmp_supervisor_uptime_seconds",
         "supervisor uptime",
         "gauge",
@@ -377,6 +669,12 @@ pub fn render_metrics(v: &Value) -> String {
         vec![(String::new(), rss_bytes() as f64)],
     );
     s
+}
+
+fn label_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn rss_bytes() -> u64 {
@@ -419,20 +717,42 @@ where
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
+        .max_headers(64)
+        .max_header_size(32 * 1024)
         .max_buf_size(64 * 1024);
     let _ = b.serve_connection(TokioIo::new(io), svc).await;
 }
 
 pub async fn serve_tcp(api: Arc<Api>, listener: tokio::net::TcpListener) {
+    // Leave most descriptors to the services: at most half the soft limit for HTTP clients.
+    let cap = (nofile_soft() / 2).clamp(64, 16384) as usize;
+    let mut last_warn: Option<std::time::Instant> = None;
     loop {
         match listener.accept().await {
             Ok((s, _)) => {
+                if TCP_CONNECTIONS.load(Ordering::Relaxed) >= cap {
+                    // Closing at once tells the client; idle ones time out (header_read_timeout).
+                    if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!("control API: {cap} connections open; refusing more");
+                        last_warn = Some(std::time::Instant::now());
+                    }
+                    drop(s);
+                    continue;
+                }
                 let _ = s.set_nodelay(true);
-                tokio::spawn(serve_conn(api.clone(), s, false));
+                let count = Count::new(&TCP_CONNECTIONS);
+                let api = api.clone();
+                tokio::spawn(async move {
+                    serve_conn(api, s, false).await;
+                    drop(count);
+                });
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!("api accept: {e}");
+                if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!("api accept: {e}");
+                    last_warn = Some(std::time::Instant::now());
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -455,8 +775,18 @@ pub async fn serve_unix(api: Arc<Api>, listener: tokio::net::UnixListener) {
 
 /// Binds the Unix socket with mode 0600, replacing a stale socket file.
 pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
     use std::os::unix::fs::PermissionsExt;
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; not replacing it",
+                    path.display()
+                ),
+            ));
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
