@@ -10,6 +10,7 @@ use std::path::Path;
 
 /// Exit codes for scripts: 0 ok, 1 the answer was negative (unhealthy, action refused),
 /// 3 the supervisor is not reachable, 4 unknown entry.
+pub const EXIT_NEGATIVE: i32 = 1;
 pub const EXIT_UNREACHABLE: i32 = 3;
 pub const EXIT_UNKNOWN: i32 = 4;
 
@@ -25,14 +26,19 @@ pub struct Reply {
 impl Client {
     pub async fn request(&self, method: &str, path: &str) -> Result<Reply, String> {
         let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                "the socket is mode 0600: run as the supervisor's user (root in the container)"
+            } else {
+                "is it running? inside the container use `docker exec CONTAINER dmp-contained …`; elsewhere pass --socket"
+            };
             format!(
-                "cannot reach the supervisor at {}: {e} (is it running? inside the container use `docker exec CONTAINER dmp-contained …`; elsewhere pass --socket)",
+                "cannot reach the supervisor at {}: {e} ({hint})",
                 self.socket.display()
             )
         })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("supervisor at {}: {e}", self.socket.display()))?;
         tokio::spawn(conn);
         let req = Request::builder()
             .method(method)
@@ -40,7 +46,10 @@ impl Client {
             .header("host", "localhost")
             .body(Empty::<bytes::Bytes>::new())
             .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("supervisor at {}: {e}", self.socket.display()))?;
         Ok(Reply {
             status: resp.status().as_u16(),
             body: resp.into_body(),
@@ -56,8 +65,9 @@ impl Client {
 }
 
 pub async fn status(c: &Client, as_json: bool) -> i32 {
-    let (_, v) = match c.json("GET", "/status").await {
-        Ok(x) => x,
+    let v = match c.json("GET", "/status").await {
+        Ok((200, v)) => v,
+        Ok((code, v)) => return refused(code, &v),
         Err(e) => return unreachable(e),
     };
     if as_json {
@@ -73,12 +83,12 @@ pub async fn status(c: &Client, as_json: bool) -> i32 {
         s["version"].as_str().unwrap_or("?")
     );
     println!(
-        "{:<30} {:<8} {:<9} {:>7} {:>8} {:>9}  reason",
+        "{:<24} {:<8} {:<9} {:>7} {:>8} {:>9}  reason",
         "ENTRY", "KIND", "STATE", "PID", "RESTARTS", "READY(s)"
     );
     for e in v["entries"].as_array().into_iter().flatten() {
         println!(
-            "{:<30} {:<8} {:<9} {:>7} {:>8} {:>9}  {}",
+            "{:<24} {:<8} {:<9} {:>7} {:>8} {:>9}  {}",
             e["name"].as_str().unwrap_or(""),
             e["kind"].as_str().unwrap_or(""),
             e["state"].as_str().unwrap_or(""),
@@ -104,8 +114,33 @@ pub async fn health(c: &Client) -> i32 {
             0
         }
         Ok((_, v)) => {
-            println!("unhealthy: {}", v["not_ready"]);
-            1
+            let list: Vec<String> = v["not_ready"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    let mut s = format!(
+                        "{} ({})",
+                        e["name"].as_str().unwrap_or("?"),
+                        e["state"].as_str().unwrap_or("?")
+                    );
+                    if let Some(r) = e["reason"].as_str() {
+                        s.push_str(&format!(": {r}"));
+                    }
+                    s
+                })
+                .collect();
+            if list.is_empty() {
+                println!(
+                    "unhealthy: {}",
+                    v["error"]
+                        .as_str()
+                        .unwrap_or("no answer from the supervisor loop")
+                );
+            } else {
+                println!("unhealthy: not ready: {}", list.join("; "));
+            }
+            EXIT_NEGATIVE
         }
         Err(e) => unreachable(e),
     }
@@ -123,10 +158,7 @@ pub async fn act(c: &Client, action: &str, names: &[String]) -> i32 {
                 eprintln!("error: {}", v["error"].as_str().unwrap_or("unknown entry"));
                 code = code.max(EXIT_UNKNOWN);
             }
-            Ok((_, v)) => {
-                eprintln!("error: {}", v["error"].as_str().unwrap_or("refused"));
-                code = code.max(1);
-            }
+            Ok((status, v)) => code = code.max(refused(status, &v)),
             Err(e) => return unreachable(e),
         }
     }
@@ -139,17 +171,15 @@ pub async fn shutdown(c: &Client) -> i32 {
             println!("shutting down");
             0
         }
-        Ok((_, v)) => {
-            eprintln!("error: {v}");
-            1
-        }
+        Ok((code, v)) => refused(code, &v),
         Err(e) => unreachable(e),
     }
 }
 
 pub async fn logs(c: &Client, names: &[String], follow: bool, tail: usize) -> i32 {
     let multi = names.len() > 1;
-    let mut tasks = Vec::new();
+    // Open every stream first, so an unknown name fails before anything is printed.
+    let mut bodies = Vec::new();
     for n in names {
         let path = format!(
             "/logs/{}?tail={tail}{}",
@@ -160,36 +190,81 @@ pub async fn logs(c: &Client, names: &[String], follow: bool, tail: usize) -> i3
             Ok(r) => r,
             Err(e) => return unreachable(e),
         };
-        if r.status == 404 {
-            eprintln!("error: unknown entry `{n}`");
-            return EXIT_UNKNOWN;
+        match r.status {
+            200 => {}
+            404 => {
+                eprintln!("error: unknown entry `{n}`");
+                return EXIT_UNKNOWN;
+            }
+            code => {
+                let s = body_string(r.body).await;
+                let v = serde_json::from_str(&s).unwrap_or(Value::String(s));
+                return refused(code, &v);
+            }
         }
         let prefix = if multi {
             format!("{n} | ")
         } else {
             String::new()
         };
-        tasks.push(tokio::spawn(async move {
-            let mut body = r.body;
-            let mut pending = Vec::new();
-            while let Some(Ok(frame)) = body.frame().await {
-                if let Some(d) = frame.data_ref() {
-                    pending.extend_from_slice(d);
-                    let mut out = std::io::stdout().lock();
-                    while let Some(i) = memchr::memchr(b'\n', &pending) {
-                        let _ = out.write_all(prefix.as_bytes());
-                        let _ = out.write_all(&pending[..=i]);
-                        pending.drain(..=i);
-                    }
-                    let _ = out.flush();
+        bodies.push((prefix, r.body));
+    }
+    let copy = |prefix: String, mut body: hyper::body::Incoming| async move {
+        let mut pending = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(d) = frame.data_ref() {
+                pending.extend_from_slice(d);
+                let mut out = std::io::stdout().lock();
+                let mut chunk = Vec::with_capacity(pending.len() + 64);
+                let mut used = 0;
+                while let Some(i) = memchr::memchr(b'\n', &pending[used..]) {
+                    chunk.extend_from_slice(prefix.as_bytes());
+                    chunk.extend_from_slice(&pending[used..=used + i]);
+                    used += i + 1;
+                }
+                pending.drain(..used);
+                // A closed stdout (`| head`) ends the command instead of streaming forever.
+                if out.write_all(&chunk).and_then(|_| out.flush()).is_err() {
+                    return false;
                 }
             }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
+        }
+        if !pending.is_empty() {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(prefix.as_bytes());
+            let _ = out.write_all(&pending);
+            let _ = out.write_all(b"\n");
+        }
+        true
+    };
+    if follow {
+        let tasks: Vec<_> = bodies
+            .into_iter()
+            .map(|(p, b)| tokio::spawn(copy(p, b)))
+            .collect();
+        for t in tasks {
+            if let Ok(false) = t.await {
+                return 0;
+            }
+        }
+    } else {
+        for (p, b) in bodies {
+            if !copy(p, b).await {
+                return 0;
+            }
+        }
     }
     0
+}
+
+/// The supervisor answered, but no: print its message, exit 1.
+fn refused(status: u16, v: &Value) -> i32 {
+    let msg = v["error"]
+        .as_str()
+        .map(String::from)
+        .unwrap_or_else(|| v.to_string());
+    eprintln!("error: {msg} (HTTP {status})");
+    EXIT_NEGATIVE
 }
 
 fn unreachable(e: String) -> i32 {
