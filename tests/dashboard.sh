@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Dashboard in a real headless browser: every entry listed, a service's log line shown, a
+# restart click (token from localStorage) changes the restart count; screenshot to
+# target/dashboard.png. Prints SKIP and exits 0 when chromium is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CHROME=$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)
+if [ -z "$CHROME" ]; then echo "SKIP: chromium not installed"; exit 0; fi
+TARGET=${CARGO_TARGET_DIR:-target}
+BIN=${DMP_BIN:-}
+if [ -z "$BIN" ]; then
+  if [ -x "$TARGET/release/dmp-contained" ] && [ "$TARGET/release/dmp-contained" -nt src/api.rs ]; then BIN=$TARGET/release/dmp-contained
+  else cargo build -q; BIN=$TARGET/debug/dmp-contained; fi
+fi
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+TMP=$(mktemp -d); API=$(free_port); DT=$(free_port); MARKER="hello-from-talker-$RANDOM"
+SUP=""; CHR=""
+cleanup() {
+  [ -n "$CHR" ] && kill "$CHR" 2>/dev/null || true
+  if [ -n "$SUP" ]; then kill -TERM "$SUP" 2>/dev/null || true; wait "$SUP" 2>/dev/null || true; fi
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+cat > "$TMP/supervisor.toml" <<TOML
+[supervisor]
+api_listen = "127.0.0.1:$API"
+socket = "$TMP/ctl.sock"
+cache_dir = "$TMP/cache"
+[process.talker]
+command = "echo $MARKER; exec sleep 300"
+[process.web]
+command = "exec sleep 300"
+after = ["talker"]
+[step.seed]
+command = "echo seeded"
+[step.optional-thing]
+command = "true"
+when_exists = "/nonexistent"
+skip_hint = "create /nonexistent to enable"
+TOML
+DMP_CONTAINED_TOKEN=dash-token "$BIN" up --config "$TMP/supervisor.toml" > "$TMP/out.log" 2>&1 &
+SUP=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$API/_supervisor/health" >/dev/null && break; sleep 0.1; done
+"$CHROME" --headless=new --no-sandbox --disable-gpu --no-first-run --user-data-dir="$TMP/chrome" \
+  --remote-debugging-port="$DT" --remote-allow-origins='*' about:blank > "$TMP/chrome.log" 2>&1 &
+CHR=$!
+mkdir -p "$TARGET"
+if python3 tests/dashboard/cdp.py "$DT" "http://127.0.0.1:$API/_supervisor/" dash-token "$MARKER" "$TARGET/dashboard.png"; then
+  echo "PASS: dashboard"
+else
+  echo "FAIL: dashboard"; echo "--- supervisor:"; tail -20 "$TMP/out.log"; exit 1
+fi
