@@ -16,7 +16,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 TMP=$(mktemp -d); API=$(free_port); DT=$(free_port); MARKER="hello-from-talker-$RANDOM"
 SUP=""; CHR=""
 cleanup() {
-  [ -n "$CHR" ] && kill "$CHR" 2>/dev/null || true
+  if [ -n "$CHR" ]; then kill "$CHR" 2>/dev/null || true; wait "$CHR" 2>/dev/null || true; fi
   if [ -n "$SUP" ]; then kill -TERM "$SUP" 2>/dev/null || true; wait "$SUP" 2>/dev/null || true; fi
   rm -rf "$TMP"
 }
