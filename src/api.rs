@@ -495,7 +495,6 @@ fn percent_decode(s: &str) -> String {
 /// Raises this process's RLIMIT_NOFILE soft limit to the hard limit (many followers and
 /// dashboard connections plus every service's pipes). Returns the resulting soft limit.
 /// Call it from `main` before the runtime starts.
-#[allow(dead_code)]
 pub fn raise_nofile() -> u64 {
     let mut r = libc::rlimit {
         rlim_cur: 0,

@@ -331,6 +331,10 @@ pub fn parse(
         }
     };
 
+    let token_env = settings_raw
+        .token_env
+        .clone()
+        .unwrap_or_else(|| "DMP_CONTAINED_TOKEN".into());
     let settings = Settings {
         api_listen: x(
             &mut errs,
@@ -350,10 +354,7 @@ pub fn parse(
                 .as_deref()
                 .unwrap_or("/run/dmp-contained.sock"),
         )),
-        token_env: settings_raw
-            .token_env
-            .clone()
-            .unwrap_or_else(|| "DMP_CONTAINED_TOKEN".into()),
+        token_env: token_env.clone(),
         cache_dir: resolve(
             &base,
             &x(
@@ -486,6 +487,9 @@ pub fn parse(
         }
         let mut env: BTreeMap<String, String> = environ.clone();
         env.remove("DMP_CONTAINED_ROLE");
+        // The control token is the supervisor's alone: services never see it.
+        env.remove(&token_env);
+        env.remove("DMP_CONTAINED_TOKEN_FILE");
         env.extend(declared.clone());
 
         let user = match &r.user {

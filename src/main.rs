@@ -222,6 +222,8 @@ fn up(config: &std::path::Path, format: LogFormat, only: &[String], without: &[S
             color: nix::unistd::isatty(1).unwrap_or(false),
         },
     };
+    let nofile = api::raise_nofile();
+    tracing::debug!("open-file limit {nofile}");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -8,16 +8,16 @@ use crate::process::{self, ExitInfo};
 use nix::sys::signal::Signal;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 #[derive(Debug)]
 pub enum RunnerCmd {
     Start,
     /// Graceful stop of the current process group (no-op when idle).
+    /// Answered by `StopDone` (after `Exited` when there was a process), on the same channel.
     Stop {
         deadline: Instant,
-        done: oneshot::Sender<()>,
     },
     /// SIGKILL the group now (second SIGTERM, or shutdown budget exhausted).
     Kill,
@@ -25,11 +25,18 @@ pub enum RunnerCmd {
 
 #[derive(Debug)]
 pub enum EventKind {
-    Spawned { pid: u32 },
+    Spawned {
+        pid: u32,
+    },
     SpawnFailed(String),
     Probe(Result<(), String>),
     Ready,
-    Exited { exit: ExitInfo, cause: Cause },
+    Exited {
+        exit: ExitInfo,
+        cause: Cause,
+    },
+    /// A requested stop has completed (the group is empty).
+    StopDone,
 }
 
 /// Why a process ended.
@@ -70,9 +77,7 @@ impl Runner {
         while let Some(cmd) = self.cmds.recv().await {
             match cmd {
                 RunnerCmd::Start => self.run_once().await,
-                RunnerCmd::Stop { done, .. } => {
-                    let _ = done.send(());
-                }
+                RunnerCmd::Stop { .. } => self.send(EventKind::StopDone),
                 RunnerCmd::Kill => {}
             }
         }
@@ -129,7 +134,7 @@ impl Runner {
         };
         tokio::pin!(ready, liveness);
         let mut is_ready = false;
-        let mut stop_done = None;
+        let mut stop_requested = false;
 
         let (exit, cause) = loop {
             tokio::select! {
@@ -153,9 +158,9 @@ impl Runner {
                     break (exit, Cause::Probe(reason));
                 }
                 cmd = self.cmds.recv() => match cmd {
-                    Some(RunnerCmd::Stop { deadline, done }) => {
+                    Some(RunnerCmd::Stop { deadline }) => {
                         let exit = self.stop(&mut child, pid, deadline).await;
-                        stop_done = Some(done);
+                        stop_requested = true;
                         break (exit, Cause::Stopped);
                     }
                     Some(RunnerCmd::Kill) => process::signal_group(pid, Signal::SIGKILL),
@@ -177,8 +182,8 @@ impl Runner {
             let _ = tokio::time::timeout(Duration::from_millis(500), p).await;
         }
         self.send(EventKind::Exited { exit, cause });
-        if let Some(done) = stop_done {
-            let _ = done.send(());
+        if stop_requested {
+            self.send(EventKind::StopDone);
         }
     }
 
@@ -212,9 +217,6 @@ impl Runner {
                     if let Some(RunnerCmd::Kill) | None = cmd {
                         process::signal_group(pgid, Signal::SIGKILL);
                         killed = true;
-                    }
-                    if let Some(RunnerCmd::Stop { done, .. }) = cmd {
-                        let _ = done.send(());
                     }
                 }
             }

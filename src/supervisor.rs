@@ -83,7 +83,6 @@ struct Rt {
 
 enum Internal {
     BackoffDone { idx: usize, gen: u64 },
-    Stopped { idx: usize },
 }
 
 pub struct Supervisor {
@@ -400,15 +399,8 @@ impl Supervisor {
         self.set(i, State::Stopping);
         let e = self.entry(i);
         let own = tokio::time::Instant::now() + e.stop_timeout;
-        let (done, rx) = oneshot::channel();
         let _ = self.runners[i].send(RunnerCmd::Stop {
             deadline: own.min(deadline),
-            done,
-        });
-        let tx = self.internal_tx.clone();
-        tokio::spawn(async move {
-            let _ = rx.await;
-            let _ = tx.send(Internal::Stopped { idx: i });
         });
     }
 
@@ -421,17 +413,6 @@ impl Supervisor {
                 {
                     self.rt[idx].restarts += 1;
                     self.start(idx);
-                }
-            }
-            Internal::Stopped { idx } => {
-                if self.state(idx) == State::Stopping {
-                    self.set(idx, State::Stopped);
-                    self.rt[idx].pid = None;
-                }
-                if std::mem::take(&mut self.rt[idx].restart_after_stop) && self.stopping.is_none() {
-                    self.rt[idx].user_stopped = false;
-                    self.rt[idx].restarts += 1;
-                    self.set(idx, State::Waiting);
                 }
             }
         }
@@ -468,6 +449,17 @@ impl Supervisor {
                 };
                 self.after_exit(i, exit, Some(msg));
             }
+            EventKind::StopDone => {
+                if self.state(i) == State::Stopping {
+                    self.set(i, State::Stopped);
+                    self.rt[i].pid = None;
+                }
+                if std::mem::take(&mut self.rt[i].restart_after_stop) && self.stopping.is_none() {
+                    self.rt[i].user_stopped = false;
+                    self.rt[i].restarts += 1;
+                    self.set(i, State::Waiting);
+                }
+            }
             EventKind::Exited { exit, cause } => {
                 self.rt[i].pid = None;
                 let what = exit.describe();
@@ -475,7 +467,7 @@ impl Supervisor {
                     Cause::Stopped => {
                         tracing::info!("{name}: stopped ({what})");
                         self.rt[i].last_exit = Some(exit);
-                        // The Stopped internal message completes the transition.
+                        // StopDone (next on the same channel) completes the transition.
                     }
                     Cause::Own => {
                         if self.entry(i).kind == Kind::Longrun || !exit.success() {

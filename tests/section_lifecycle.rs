@@ -498,3 +498,20 @@ fn shutdown_order_follows_dependencies_through_finished_steps() {
     assert_eq!(s.stop(), 0);
     assert_eq!(std::fs::read_to_string(&order).unwrap(), "app\npg\n");
 }
+
+#[test]
+fn services_never_see_the_control_token() {
+    let (dir, port, cfg) =
+        table("[step.peek]\ncommand = \"echo token=[$${DMP_CONTAINED_TOKEN:-none}]\"\n");
+    let mut s = Sup::spawn(
+        dir,
+        port,
+        cfg,
+        &[],
+        &[("DMP_CONTAINED_TOKEN", "s3cret-t0ken")],
+    );
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), 0);
+    let out = s.stdout_text();
+    assert!(out.contains("peek | token=[none]"), "{out}");
+    assert!(!out.contains("s3cret") && !s.stderr_text().contains("s3cret"));
+}
