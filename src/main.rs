@@ -17,6 +17,7 @@ mod process;
 mod runner;
 mod state;
 mod supervisor;
+mod watch;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -105,6 +106,16 @@ enum Cmd {
     },
     /// Start stopped entries.
     Start {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Hold hot reloads of watched entries (changes wait until `resume`).
+    Pause {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Resume hot reloads; changes made while paused reload once.
+    Resume {
         #[arg(required = true)]
         names: Vec<String>,
     },
@@ -262,6 +273,7 @@ fn up(config: &std::path::Path, format: LogFormat, only: &[String], without: &[S
         );
         let out = logs::Output::stdout(out_format);
         let (sup, shared) = supervisor::Supervisor::new(plan, out);
+        watch::spawn_all(&shared);
         let api = Arc::new(api::Api { shared, token });
         tokio::spawn(api::serve_tcp(api.clone(), tcp));
         tokio::spawn(api::serve_unix(api, unix));
@@ -303,6 +315,8 @@ fn client(cmd: Cmd, config: &std::path::Path, socket: Option<&std::path::Path>) 
             Cmd::Restart { names } => cli::act(&c, "restart", &names).await,
             Cmd::Stop { names } => cli::act(&c, "stop", &names).await,
             Cmd::Start { names } => cli::act(&c, "start", &names).await,
+            Cmd::Pause { names } => cli::act(&c, "pause", &names).await,
+            Cmd::Resume { names } => cli::act(&c, "resume", &names).await,
             Cmd::Run { step } => cli::act(&c, "run", &[step]).await,
             Cmd::Shutdown => cli::shutdown(&c).await,
             Cmd::Up { .. } | Cmd::Check { .. } => unreachable!(),

@@ -19,6 +19,9 @@ pub enum Action {
     Stop,
     Restart,
     Run,
+    /// Hot reload: hold changes until `Resume` (src/watch.rs).
+    Pause,
+    Resume,
 }
 
 impl std::str::FromStr for Action {
@@ -29,7 +32,13 @@ impl std::str::FromStr for Action {
             "stop" => Action::Stop,
             "restart" => Action::Restart,
             "run" => Action::Run,
-            _ => return Err(format!("unknown action `{s}` (start, stop, restart, run)")),
+            "pause" => Action::Pause,
+            "resume" => Action::Resume,
+            _ => {
+                return Err(format!(
+                    "unknown action `{s}` (start, stop, restart, run, pause, resume)"
+                ))
+            }
         })
     }
 }
@@ -43,6 +52,13 @@ pub enum Control {
         reply: oneshot::Sender<Result<String, String>>,
     },
     Shutdown(oneshot::Sender<()>),
+    /// Hot reload (src/watch.rs): restart the entry (re-run a oneshot) because `files` files
+    /// changed; reply once it is ready/done, or with why not (backoff, failed, refused).
+    Reload {
+        idx: usize,
+        files: usize,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// What the API may read without going through the loop.
@@ -50,6 +66,8 @@ pub struct Shared {
     pub plan: Arc<Plan>,
     pub logs: Vec<Arc<EntryLog>>,
     pub control: mpsc::Sender<Control>,
+    /// Per-entry hot-reload status and pause switch (src/watch.rs).
+    pub watch: Vec<Arc<crate::watch::WatchState>>,
 }
 
 impl Shared {
@@ -79,6 +97,8 @@ struct Rt {
     waiters: Vec<oneshot::Sender<Result<String, String>>>,
     /// Restart once the current stop completes.
     restart_after_stop: bool,
+    /// Hot reloads waiting for this entry to be ready/done (or to fail).
+    reload_waiters: Vec<oneshot::Sender<Result<(), String>>>,
 }
 
 enum Internal {
@@ -100,6 +120,7 @@ pub struct Supervisor {
     started: Instant,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     stop_requested_at: Option<Instant>,
+    watch: Vec<Arc<crate::watch::WatchState>>,
 }
 
 /// A second SIGTERM/SIGINT means "kill now" only when it comes after this window.
@@ -132,10 +153,12 @@ impl Supervisor {
             runners.push(tx);
         }
         let started = Instant::now();
+        let watch = crate::watch::WatchState::for_plan(&plan);
         let shared = Arc::new(Shared {
             plan: plan.clone(),
             logs: logs.clone(),
             control: ctl_tx,
+            watch: watch.clone(),
         });
         let rt = plan
             .entries
@@ -160,6 +183,7 @@ impl Supervisor {
             started,
             shutdown_waiters: Vec::new(),
             stop_requested_at: None,
+            watch,
         };
         (sup, shared)
     }
@@ -189,6 +213,7 @@ impl Supervisor {
             );
         }
         self.rt[i].state = Some(to);
+        self.resolve_reloads(i, to);
     }
 
     /// Runs until everything is stopped; returns the exit code.
@@ -276,6 +301,10 @@ impl Supervisor {
             return true;
         }
         if self.rt.iter().any(|r| r.user_stopped) {
+            return false;
+        }
+        // A save can still bring a watched entry (or its dependents) back.
+        if self.watch.iter().any(|w| w.watched()) {
             return false;
         }
         (0..self.rt.len()).all(|i| self.state(i) != State::Waiting || self.blocked(i).is_some())
@@ -571,6 +600,7 @@ impl Supervisor {
                 self.shutdown_waiters.push(reply);
                 self.begin_shutdown(None);
             }
+            Control::Reload { idx, files, reply } => self.reload(idx, files, reply),
             Control::Act {
                 action,
                 name,
@@ -609,6 +639,9 @@ impl Supervisor {
         }
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         match action {
+            Action::Pause | Action::Resume => self.watch[i]
+                .set_paused(action == Action::Pause, name)
+                .map(Some),
             Action::Stop => {
                 self.rt[i].user_stopped = true;
                 if s.is_active() && s != State::Stopping {
@@ -729,7 +762,81 @@ impl Supervisor {
             "command": e.command,
             "env": env,
             "log_lines": self.logs[i].total_lines(),
+            "watch": self.watch[i].json(),
         })
+    }
+
+    /// Hot reload of entry `i` (see `Control::Reload`). Like a restart, but it also brings
+    /// back an entry in backoff or failed: the save that fixes the code recovers it.
+    fn reload(&mut self, i: usize, files: usize, reply: oneshot::Sender<Result<(), String>>) {
+        let name = self.entry(i).name.clone();
+        let s = self.state(i);
+        let refuse = if self.stopping.is_some() {
+            Some("the supervisor is shutting down".to_string())
+        } else if self.rt[i].user_stopped {
+            Some(format!(
+                "{name} was stopped by request; start it to run the new code"
+            ))
+        } else if let Some(d) = self
+            .entry(i)
+            .after
+            .iter()
+            .find(|d| !self.state(d.idx).satisfies(d.cond))
+        {
+            Some(format!(
+                "dependency `{}` is {}",
+                d.name,
+                state_name(self.state(d.idx))
+            ))
+        } else if s == State::Skipped {
+            Some(format!("{name} is skipped"))
+        } else {
+            None
+        };
+        if let Some(why) = refuse {
+            let _ = reply.send(Err(why));
+            return;
+        }
+        tracing::info!("{name}: reloading ({files} changed files)");
+        self.rt[i].reload_waiters.push(reply);
+        self.rt[i].history = RestartHistory::default();
+        match s {
+            State::Starting | State::Ready | State::Running => {
+                self.rt[i].restart_after_stop = true;
+                self.stop_entry(i, tokio::time::Instant::now() + Duration::from_secs(3600));
+            }
+            State::Stopping => self.rt[i].restart_after_stop = true,
+            // Its dependencies are satisfied: the next schedule starts it.
+            State::Waiting => {}
+            _ => {
+                // Backoff, failed, stopped, done, cached: start again (a pending backoff
+                // timer is stale once `gen` moves).
+                self.rt[i].gen += 1;
+                self.rt[i].restarts += u32::from(self.entry(i).kind == Kind::Longrun);
+                self.set(i, State::Waiting);
+            }
+        }
+    }
+
+    /// Answers hot reloads of `i` once it lands somewhere that settles them.
+    fn resolve_reloads(&mut self, i: usize, to: State) {
+        if self.rt[i].reload_waiters.is_empty() {
+            return;
+        }
+        let r = match to {
+            State::Ready | State::Done | State::Cached => Ok(()),
+            State::Backoff | State::Failed => {
+                Err(self.rt[i].reason.clone().unwrap_or_else(|| state_name(to)))
+            }
+            State::Stopped if !self.rt[i].restart_after_stop => Err(self.rt[i]
+                .reason
+                .clone()
+                .unwrap_or_else(|| "stopped".into())),
+            _ => return,
+        };
+        for w in self.rt[i].reload_waiters.drain(..) {
+            let _ = w.send(r.clone());
+        }
     }
 }
 
