@@ -467,6 +467,7 @@ type Boxed = Box<dyn std::any::Any + Send>;
 fn handler(
     ignores: Arc<Vec<Ignores>>,
     tx: mpsc::UnboundedSender<Vec<String>>,
+    new_dirs: mpsc::UnboundedSender<PathBuf>,
     name: String,
 ) -> impl notify::EventHandler {
     move |r: notify::Result<notify::Event>| match r {
@@ -483,10 +484,12 @@ fn handler(
                     continue;
                 };
                 files.push(rel);
-                // Files created in a new directory before its watch was added raise no event
-                // of their own: count what is already there.
+                // Files created in a new directory before its watch is added (notify adds it
+                // after this batch of events) raise no event of their own: count what is there
+                // now, and again once the watch surely exists (`rewalk`).
                 if matches!(ev.kind, notify::EventKind::Create(_)) && p.is_dir() {
                     ig.walk(p, &mut files, 10_000);
+                    let _ = new_dirs.send(p.clone());
                 }
             }
             if !files.is_empty() {
@@ -619,8 +622,16 @@ fn setup(
     w: &Watch,
     ignores: Arc<Vec<Ignores>>,
     tx: mpsc::UnboundedSender<Vec<String>>,
+    new_dirs: mpsc::UnboundedSender<PathBuf>,
 ) -> Result<(Boxed, &'static str, Option<String>), String> {
-    let h = || handler(ignores.clone(), tx.clone(), name.to_string());
+    let h = || {
+        handler(
+            ignores.clone(),
+            tx.clone(),
+            new_dirs.clone(),
+            name.to_string(),
+        )
+    };
     let poll =
         || -> Result<Boxed, String> { Ok(Box::new(start_poll(w, ignores.clone(), tx.clone())?)) };
     match w.mode {
@@ -662,8 +673,10 @@ async fn run(shared: Arc<Shared>, idx: usize, w: Watch) {
     );
     let w2 = w.clone();
     let n2 = name.clone();
+    let (dirs_tx, dirs_rx) = mpsc::unbounded_channel();
+    tokio::spawn(rewalk(dirs_rx, ignores.clone(), tx.clone()));
     // Setting up walks the tree (inotify watches per directory, or the poller's first scan).
-    let set = tokio::task::spawn_blocking(move || setup(&n2, &w2, ignores, tx)).await;
+    let set = tokio::task::spawn_blocking(move || setup(&n2, &w2, ignores, tx, dirs_tx)).await;
     let _watcher = match set {
         Ok(Ok((watcher, mode, note))) => {
             match &note {
@@ -705,6 +718,44 @@ async fn run(shared: Arc<Shared>, idx: usize, w: Watch) {
         },
     )
     .await;
+}
+
+/// Walks new directories again a moment after their creation, when their watches exist.
+async fn rewalk(
+    mut dirs: mpsc::UnboundedReceiver<PathBuf>,
+    ignores: Arc<Vec<Ignores>>,
+    tx: mpsc::UnboundedSender<Vec<String>>,
+) {
+    while let Some(first) = dirs.recv().await {
+        // notify adds the watch right after the batch that reported the directory; staying
+        // well under any sensible debounce keeps these files in the train they belong to.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut batch = vec![first];
+        while let Ok(d) = dirs.try_recv() {
+            batch.push(d);
+        }
+        let ig = ignores.clone();
+        let files = tokio::task::spawn_blocking(move || {
+            batch.sort();
+            batch.dedup();
+            let mut files = Vec::new();
+            for (k, d) in batch.iter().enumerate() {
+                // A directory inside one already walked in this batch adds nothing.
+                if batch[..k].iter().any(|p| d.starts_with(p)) {
+                    continue;
+                }
+                if let Some(i) = ig.iter().find(|i| d.starts_with(&i.root)) {
+                    i.walk(d, &mut files, 10_000);
+                }
+            }
+            files
+        })
+        .await
+        .unwrap_or_default();
+        if !files.is_empty() && tx.send(files).is_err() {
+            return;
+        }
+    }
 }
 
 fn paths_text(p: &[PathBuf]) -> String {

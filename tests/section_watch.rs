@@ -142,7 +142,7 @@ fn a_burst_of_200_files_is_one_reload() {
     }
     write(&s.path("app/appcode.py"), &version("burst"));
     wait_served(&s, port, "burst");
-    let w = wait_reloads(&s, "app", 1);
+    wait_reloads(&s, "app", 1);
     std::thread::sleep(Duration::from_millis(800));
     let w2 = watch_of(&s, "app");
     let n = w2["reloads"].as_u64().unwrap();
@@ -153,7 +153,7 @@ fn a_burst_of_200_files_is_one_reload() {
         .iter()
         .map(|t| t["count"].as_u64().unwrap())
         .sum();
-    assert!(files >= 201, "every file counted: {w}");
+    assert!(files >= 201, "every file counted: {w2}");
     assert!(w2["trains"][0]["files"].as_array().unwrap().len() <= 10);
 }
 
