@@ -721,7 +721,7 @@ class Bench:
         m = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "host": f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs ({cpu})",
-            "command": os.environ.get("BENCH_COMMAND") or "python3 bench/bench.py " + " ".join(sys.argv[1:]),
+            "command": (os.environ.get("BENCH_COMMAND") or "python3 bench/bench.py " + " ".join(sys.argv[1:])).strip(),
             OURS: (f"{self.ours.binary} (git {rev})" if self.ours.available()[0] else "not available"),
             "supervisord": ver(["supervisord", "--version"]),
             "horust": (self.horust.binary + " " + self.horust_version()) if self.horust.available()[0] else "not available",
