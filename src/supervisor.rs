@@ -657,7 +657,7 @@ impl Supervisor {
                         "`{name}` is a longrun; `run` is for [step] entries (use restart)"
                     ));
                 }
-                if action == Action::Start && s.is_active() {
+                if action == Action::Start && s.is_active() && s != State::Backoff {
                     return Ok(Some(format!("{name} is already {}", state_name(s))));
                 }
                 let deps_ok = self
@@ -672,12 +672,14 @@ impl Supervisor {
                 }
                 self.rt[i].user_stopped = false;
                 self.rt[i].history = RestartHistory::default();
-                if s.is_active() {
+                if s.is_active() && s != State::Backoff {
                     self.rt[i].restart_after_stop = true;
                     if s != State::Stopping {
                         self.stop_entry(i, far);
                     }
                 } else {
+                    // From backoff: cancel the pending timer and start now.
+                    self.rt[i].gen += 1;
                     if s != State::Waiting {
                         self.set(i, State::Waiting);
                     }

@@ -515,3 +515,18 @@ fn services_never_see_the_control_token() {
     assert!(out.contains("peek | token=[none]"), "{out}");
     assert!(!out.contains("s3cret") && !s.stderr_text().contains("s3cret"));
 }
+
+#[test]
+fn restart_of_an_entry_in_backoff_starts_it_now() {
+    let s = Sup::start(
+        "[process.flappy]\ncommand = \"exit 1\"\nrestart = { backoff = \"30s\", max_restarts = 10 }\noptional = true\n[process.steady]\ncommand = [\"sleep\", \"60\"]\n",
+    );
+    // The first restart is immediate, the second waits 30 s in backoff.
+    s.wait_state("flappy", "backoff", Duration::from_secs(5));
+    let before = s.entry("flappy")["runs"].as_u64().unwrap();
+    let out = s.cli(&["restart", "flappy"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for("a new run", Duration::from_secs(5), || {
+        (s.entry("flappy")["runs"].as_u64().unwrap() > before).then_some(())
+    });
+}
