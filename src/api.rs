@@ -111,6 +111,30 @@ impl Api {
                 }
                 self.act(action.parse().unwrap(), name).await
             }
+            (&Method::POST, ["snapshots", name, op @ ("save" | "restore")]) => {
+                if !authorized {
+                    return self.forbidden();
+                }
+                let op = if *op == "save" {
+                    crate::supervisor::SnapOp::Save
+                } else {
+                    crate::supervisor::SnapOp::Restore
+                };
+                let (tx, rx) = oneshot::channel();
+                let msg = Control::Snapshot {
+                    op,
+                    name: name.to_string(),
+                    reply: tx,
+                };
+                if self.shared.control.send(msg).await.is_err() {
+                    return error(StatusCode::SERVICE_UNAVAILABLE, "supervisor is stopping");
+                }
+                match rx.await {
+                    Ok(Ok(m)) => json_resp(StatusCode::OK, &json!({"ok": true, "message": m})),
+                    Ok(Err(e)) => error(StatusCode::CONFLICT, e),
+                    Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "supervisor is stopping"),
+                }
+            }
             (&Method::POST, ["shutdown"]) => {
                 if !authorized {
                     return self.forbidden();
@@ -196,6 +220,20 @@ impl Api {
         match rx.await {
             Ok(Ok(m)) => json_resp(StatusCode::OK, &json!({"ok": true, "message": m})),
             Ok(Err(e)) if e.starts_with("unknown entry") => error(StatusCode::NOT_FOUND, e),
+            Ok(Err(e)) if action == Action::Run => {
+                // The step's own exit code, for `dmp-contained run STEP`'s exit status.
+                let code = self.status().await.and_then(|v| {
+                    v["entries"]
+                        .as_array()?
+                        .iter()
+                        .find(|x| x["name"] == name)
+                        .and_then(|x| x["last_exit"]["code"].as_i64())
+                });
+                json_resp(
+                    StatusCode::CONFLICT,
+                    &json!({ "error": e, "exit_code": code }),
+                )
+            }
             Ok(Err(e)) => error(StatusCode::CONFLICT, e),
             Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "supervisor is stopping"),
         }

@@ -158,11 +158,37 @@ pub async fn act(c: &Client, action: &str, names: &[String]) -> i32 {
                 eprintln!("error: {}", v["error"].as_str().unwrap_or("unknown entry"));
                 code = code.max(EXIT_UNKNOWN);
             }
-            Ok((status, v)) => code = code.max(refused(status, &v)),
+            Ok((status, v)) => {
+                let negative = refused(status, &v);
+                // `run`: the step's own exit code when it ran and failed.
+                let c = v["exit_code"]
+                    .as_i64()
+                    .map(|c| c as i32)
+                    .filter(|&c| c != 0);
+                code = code.max(c.unwrap_or(negative));
+            }
             Err(e) => return unreachable(e),
         }
     }
     code
+}
+
+/// `snapshot save|restore NAME` through the running supervisor.
+pub async fn snapshot(c: &Client, op: &str, name: &str) -> i32 {
+    match c
+        .json("POST", &format!("/snapshots/{}/{op}", urlencode(name)))
+        .await
+    {
+        Ok((200, v)) => {
+            println!("{}", v["message"].as_str().unwrap_or("ok"));
+            0
+        }
+        Ok((_, v)) => {
+            eprintln!("error: {}", v["error"].as_str().unwrap_or("refused"));
+            1
+        }
+        Err(e) => unreachable(e),
+    }
 }
 
 pub async fn shutdown(c: &Client) -> i32 {

@@ -115,6 +115,7 @@ struct RawEntry {
     watch: Option<RawWatch>,
     cache: Option<RawCache>,
     schedule: Option<String>,
+    data_dir: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -801,12 +802,21 @@ pub fn parse(
                 }
             }
             if let Some(s) = &c.snapshot {
-                if index(s).map(|i| raws[i].1) != Some(Kind::Longrun) {
-                    errs.key(
+                match index(s) {
+                    Some(i) if raws[i].1 == Kind::Longrun => {
+                        if raws[i].3.data_dir.is_none() {
+                            errs.key(
+                                &span,
+                                "snapshot",
+                                format!("{ctx}: snapshot names `{s}`, which has no `data_dir` to snapshot"),
+                            );
+                        }
+                    }
+                    _ => errs.key(
                         &span,
                         "snapshot",
                         format!("{ctx}: snapshot names `{s}`, which is not a [process] entry"),
-                    );
+                    ),
                 }
             }
             Cache {
@@ -845,6 +855,17 @@ pub fn parse(
             }
         }
 
+        let data_dir = r.data_dir.as_ref().map(|d| {
+            if *kind == Kind::Oneshot {
+                errs.key(
+                    &span,
+                    "data_dir",
+                    format!("{ctx}: `data_dir` applies to [process] entries only"),
+                );
+            }
+            resolve(&cwd, &x(&mut errs, &span, "data_dir", d))
+        });
+
         let mut restart_with = Vec::new();
         for n in &r.restart_with {
             match index(n) {
@@ -878,6 +899,7 @@ pub fn parse(
             watch,
             cache,
             schedule: r.schedule.clone(),
+            data_dir,
             restart_with,
         });
     }

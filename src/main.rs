@@ -5,6 +5,7 @@
 //! (over its Unix socket) or works on the table alone (`check`).
 
 mod api;
+mod cache;
 mod cli;
 mod config;
 mod graph;
@@ -119,10 +120,41 @@ enum Cmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Run a oneshot step now and wait for its result.
+    /// Run a oneshot step now (no cache lookup) and wait for its result; exits with the
+    /// step's exit code. While the step runs, this waits for the current run instead.
     Run { step: String },
+    /// Inspect or clear the oneshot cache (works on `cache_dir` directly).
+    Cache {
+        #[command(subcommand)]
+        op: CacheOp,
+    },
+    /// Named data snapshots of the services with a `data_dir`.
+    Snapshot {
+        #[command(subcommand)]
+        op: SnapshotOp,
+    },
     /// Stop the whole table gracefully.
     Shutdown,
+}
+
+#[derive(Subcommand)]
+enum CacheOp {
+    /// List cache records and chain snapshots.
+    Ls,
+    /// Remove the records of STEP (or every record and chain snapshot).
+    Clear { step: Option<String> },
+}
+
+#[derive(Subcommand)]
+enum SnapshotOp {
+    /// Stop the services with a `data_dir` (and their dependents), copy, start again.
+    Save { name: String },
+    /// Stop them, replace their data with snapshot NAME, start again.
+    Restore { name: String },
+    /// List named snapshots (works on `cache_dir` directly).
+    Ls,
+    /// Remove a named snapshot (works on `cache_dir` directly).
+    Rm { name: String },
 }
 
 fn main() {
@@ -143,9 +175,13 @@ fn main() {
             log_format,
             only,
             without,
-            fresh: _,
-        } => up(&cli.config, log_format, &only, &without),
+            fresh,
+        } => up(&cli.config, log_format, &only, &without, fresh),
         Cmd::Check { json } => check(&cli.config, json),
+        Cmd::Cache { op } => cache_cmd(&cli.config, op),
+        Cmd::Snapshot {
+            op: op @ (SnapshotOp::Ls | SnapshotOp::Rm { .. }),
+        } => snapshot_local(&cli.config, op),
         other => client(other, &cli.config, cli.socket.as_deref()),
     };
     std::process::exit(code);
@@ -208,7 +244,97 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn up(config: &std::path::Path, format: LogFormat, only: &[String], without: &[String]) -> i32 {
+fn cache_dir(config: &std::path::Path) -> Result<PathBuf, i32> {
+    load(config).map(|p| p.settings.cache_dir)
+}
+
+fn cache_cmd(config: &std::path::Path, op: CacheOp) -> i32 {
+    let dir = match cache_dir(config) {
+        Ok(d) => d,
+        Err(c) => return c,
+    };
+    match op {
+        CacheOp::Ls => {
+            let recs = cache::list_records(&dir);
+            println!("cache dir {}", dir.display());
+            println!("{:<28} {:<16} {:>9}  recorded", "STEP", "KEY", "TOOK(s)");
+            for r in &recs {
+                println!(
+                    "{:<28} {:<16} {:>9.2}  {}",
+                    r.step,
+                    &r.key[..r.key.len().min(16)],
+                    r.duration_s,
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.at_ms)
+                    )
+                );
+            }
+            for (svc, key, bytes) in cache::list_chain_snapshots(&dir) {
+                println!(
+                    "snapshot {svc:<19} {:<16} {:>9.1} MB",
+                    &key[..key.len().min(16)],
+                    bytes as f64 / 1e6
+                );
+            }
+            0
+        }
+        CacheOp::Clear { step } => match cache::clear(&dir, step.as_deref()) {
+            Ok(n) => {
+                println!(
+                    "removed {n} record(s){}",
+                    if step.is_none() {
+                        " and every chain snapshot"
+                    } else {
+                        ""
+                    }
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", dir.display());
+                1
+            }
+        },
+    }
+}
+
+fn snapshot_local(config: &std::path::Path, op: SnapshotOp) -> i32 {
+    let dir = match cache_dir(config) {
+        Ok(d) => d,
+        Err(c) => return c,
+    };
+    match op {
+        SnapshotOp::Rm { name } => match cache::remove_named(&dir, &name) {
+            Ok(true) => {
+                println!("removed snapshot `{name}`");
+                0
+            }
+            Ok(false) => {
+                eprintln!("error: no snapshot `{name}`");
+                cli::EXIT_UNKNOWN
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
+        },
+        _ => {
+            println!("{:<24} {:>10}  services", "NAME", "SIZE(MB)");
+            for (n, svcs, bytes) in cache::list_named(&dir) {
+                println!("{n:<24} {:>10.1}  {}", bytes as f64 / 1e6, svcs.join(", "));
+            }
+            0
+        }
+    }
+}
+
+fn up(
+    config: &std::path::Path,
+    format: LogFormat,
+    only: &[String],
+    without: &[String],
+    fresh: bool,
+) -> i32 {
     init_tracing(format);
     let plan = match load(config) {
         Ok(p) => p,
@@ -272,7 +398,8 @@ fn up(config: &std::path::Path, format: LogFormat, only: &[String], without: &[S
             socket.display()
         );
         let out = logs::Output::stdout(out_format);
-        let (sup, shared) = supervisor::Supervisor::new(plan, out);
+        let (mut sup, shared) = supervisor::Supervisor::new(plan, out);
+        sup.set_fresh(fresh);
         watch::spawn_all(&shared);
         let api = Arc::new(api::Api { shared, token });
         tokio::spawn(api::serve_tcp(api.clone(), tcp));
@@ -318,8 +445,13 @@ fn client(cmd: Cmd, config: &std::path::Path, socket: Option<&std::path::Path>) 
             Cmd::Pause { names } => cli::act(&c, "pause", &names).await,
             Cmd::Resume { names } => cli::act(&c, "resume", &names).await,
             Cmd::Run { step } => cli::act(&c, "run", &[step]).await,
+            Cmd::Snapshot { op } => match op {
+                SnapshotOp::Save { name } => cli::snapshot(&c, "save", &name).await,
+                SnapshotOp::Restore { name } => cli::snapshot(&c, "restore", &name).await,
+                _ => unreachable!(),
+            },
             Cmd::Shutdown => cli::shutdown(&c).await,
-            Cmd::Up { .. } | Cmd::Check { .. } => unreachable!(),
+            Cmd::Up { .. } | Cmd::Check { .. } | Cmd::Cache { .. } => unreachable!(),
         }
     })
 }

@@ -152,6 +152,8 @@ pub struct Entry {
     pub watch: Option<Watch>,
     pub cache: Option<Cache>,
     pub schedule: Option<String>,
+    /// Longrun: the directory holding the service's data (snapshotted by `cache.snapshot`).
+    pub data_dir: Option<PathBuf>,
     pub restart_with: Vec<usize>,
 }
 

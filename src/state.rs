@@ -47,7 +47,8 @@ pub const ALLOWED_TRANSITIONS: &[(State, &[State])] = &[
     (Stopping, &[Starting, Ready, Running, Backoff]),
     (Stopped, &[Stopping, Starting, Ready, Waiting, Backoff]),
     (Done, &[Running]),
-    (Cached, &[Waiting]),
+    // Running: the key was computed off the loop while the step was already `running`.
+    (Cached, &[Waiting, Running]),
     (
         Failed,
         &[Waiting, Starting, Ready, Running, Backoff, Stopping],

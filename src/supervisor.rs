@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
+#[path = "supervisor_cache.rs"]
+mod cache_hooks;
+pub use cache_hooks::SnapOp;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Start,
@@ -59,6 +63,12 @@ pub enum Control {
         files: usize,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// `snapshot save|restore NAME`.
+    Snapshot {
+        op: SnapOp,
+        name: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 /// What the API may read without going through the loop.
@@ -103,6 +113,7 @@ struct Rt {
 
 enum Internal {
     BackoffDone { idx: usize, gen: u64 },
+    Cache(cache_hooks::Msg),
 }
 
 pub struct Supervisor {
@@ -121,6 +132,7 @@ pub struct Supervisor {
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     stop_requested_at: Option<Instant>,
     watch: Vec<Arc<crate::watch::WatchState>>,
+    cache: cache_hooks::CacheCtl,
 }
 
 /// A second SIGTERM/SIGINT means "kill now" only when it comes after this window.
@@ -168,6 +180,7 @@ impl Supervisor {
                 ..Rt::default()
             })
             .collect();
+        let cache = cache_hooks::CacheCtl::new(&plan);
         let sup = Supervisor {
             plan,
             rt,
@@ -184,6 +197,7 @@ impl Supervisor {
             shutdown_waiters: Vec::new(),
             stop_requested_at: None,
             watch,
+            cache,
         };
         (sup, shared)
     }
@@ -337,6 +351,7 @@ impl Supervisor {
             }
             return;
         }
+        self.cache_progress();
         loop {
             let mut progressed = false;
             for i in 0..self.rt.len() {
@@ -415,6 +430,9 @@ impl Supervisor {
             Kind::Oneshot => State::Running,
         };
         self.set(i, to);
+        if self.cache_intercept_start(i) {
+            return;
+        }
         let _ = self.runners[i].send(RunnerCmd::Start);
     }
 
@@ -444,6 +462,7 @@ impl Supervisor {
                     self.start(idx);
                 }
             }
+            Internal::Cache(m) => self.on_cache(m),
         }
     }
 
@@ -528,6 +547,9 @@ impl Supervisor {
         }
         if kind == Kind::Oneshot {
             if success {
+                if self.cache_after_success(i) {
+                    return;
+                }
                 self.set(i, State::Done);
                 self.resolve_waiters(i, Ok(format!("{} done", self.entry(i).name)));
             } else {
@@ -601,6 +623,7 @@ impl Supervisor {
                 self.begin_shutdown(None);
             }
             Control::Reload { idx, files, reply } => self.reload(idx, files, reply),
+            Control::Snapshot { op, name, reply } => self.cache_snapshot(op, name, reply),
             Control::Act {
                 action,
                 name,
@@ -660,6 +683,15 @@ impl Supervisor {
                 if action == Action::Start && s.is_active() && s != State::Backoff {
                     return Ok(Some(format!("{name} is already {}", state_name(s))));
                 }
+                // A step never runs twice at once: `run` joins the current run's result.
+                if kind == Kind::Oneshot && s == State::Running {
+                    if action == Action::Run {
+                        return Ok(None);
+                    }
+                    return Err(format!(
+                        "`{name}` is running; a step never runs concurrently with itself (`run {name}` waits for this run's result)"
+                    ));
+                }
                 let deps_ok = self
                     .entry(i)
                     .after
@@ -682,6 +714,9 @@ impl Supervisor {
                     self.rt[i].gen += 1;
                     if s != State::Waiting {
                         self.set(i, State::Waiting);
+                    }
+                    if action != Action::Start && kind == Kind::Oneshot {
+                        self.cache_force(i);
                     }
                     if action != Action::Start {
                         self.rt[i].restarts +=
@@ -765,6 +800,8 @@ impl Supervisor {
             "env": env,
             "log_lines": self.logs[i].total_lines(),
             "watch": self.watch[i].json(),
+            "cache_key": self.cache_key(i),
+            "log_tail": (s == State::Failed).then(|| self.logs[i].tail(20).iter().map(|l| l.text.clone()).collect::<Vec<_>>()),
         })
     }
 
