@@ -75,6 +75,8 @@ pub struct CacheCtl {
     cold: Vec<bool>,
     chain_keys: HashMap<usize, String>,
     maint: Option<Maint>,
+    /// Snapshot operations waiting for the current one (one copy at a time).
+    queued: std::collections::VecDeque<Maint>,
     crons_armed: bool,
 }
 
@@ -249,16 +251,24 @@ impl Supervisor {
         match svc {
             Some(svc) if self.cache.cold[svc] => {
                 self.rt[i].reason = Some(format!("snapshotting {}", self.entry(svc).name));
-                self.cache.maint = Some(Maint {
+                self.begin_maint(Maint {
                     op: Op::Auto { step: i, key },
                     services: vec![svc],
                     affected: Vec::new(),
                     copying: false,
                 });
-                self.hold_affected();
                 true
             }
             _ => false,
+        }
+    }
+
+    fn begin_maint(&mut self, m: Maint) {
+        if self.cache.maint.is_some() {
+            self.cache.queued.push_back(m);
+        } else {
+            self.cache.maint = Some(m);
+            self.hold_affected();
         }
     }
 
@@ -463,6 +473,9 @@ impl Supervisor {
                         let _ = reply.send(result);
                     }
                 }
+                if let Some(next) = self.cache.queued.pop_front() {
+                    self.begin_maint(next);
+                }
             }
             Msg::Cron { idx } => {
                 if self.stopping.is_some() {
@@ -512,7 +525,9 @@ impl Supervisor {
             return;
         }
         if self.cache.maint.is_some() {
-            let _ = reply.send(Err("another snapshot operation is in progress".into()));
+            let _ = reply.send(Err(
+                "another snapshot operation is in progress; try again in a moment".into(),
+            ));
             return;
         }
         if name.is_empty() || name.starts_with('.') || name.contains('/') {
@@ -556,13 +571,12 @@ impl Supervisor {
                 return;
             }
         }
-        self.cache.maint = Some(Maint {
+        self.begin_maint(Maint {
             op: Op::Named { op, name, reply },
             services,
             affected: Vec::new(),
             copying: false,
         });
-        self.hold_affected();
     }
 }
 
