@@ -78,6 +78,18 @@ pub struct CacheCtl {
     /// Snapshot operations waiting for the current one (one copy at a time).
     queued: std::collections::VecDeque<Maint>,
     crons_armed: bool,
+    /// Completions due once the restarted services are ready again.
+    when_ready: Vec<(AfterReady, Vec<usize>)>,
+}
+
+enum AfterReady {
+    /// The snapshot step becomes `done` (its dependents may use the service again).
+    Step(usize),
+    /// The reply to `snapshot save|restore`.
+    Reply(
+        oneshot::Sender<Result<String, String>>,
+        Result<String, String>,
+    ),
 }
 
 impl CacheCtl {
@@ -309,6 +321,31 @@ impl Supervisor {
                 self.arm_cron(i);
             }
         }
+        let pending = std::mem::take(&mut self.cache.when_ready);
+        for (what, services) in pending {
+            let settled = services.iter().all(|&s| {
+                !matches!(
+                    self.state(s),
+                    State::Waiting | State::Starting | State::Stopping
+                )
+            });
+            if !settled {
+                self.cache.when_ready.push((what, services));
+                continue;
+            }
+            match what {
+                AfterReady::Step(step) if self.state(step) == State::Running => {
+                    self.rt[step].reason = None;
+                    self.set(step, State::Done);
+                    let name = self.entry(step).name.clone();
+                    self.resolve_waiters(step, Ok(format!("{name} done")));
+                }
+                AfterReady::Step(_) => {}
+                AfterReady::Reply(tx, r) => {
+                    let _ = tx.send(r);
+                }
+            }
+        }
         let Some(m) = &self.cache.maint else { return };
         if m.copying {
             return;
@@ -457,11 +494,20 @@ impl Supervisor {
                                 self.cache.live[s] = Some(key.clone());
                             }
                         }
+                        // Dependents start only once the services are back up.
                         if self.stopping.is_none() && self.state(step) == State::Running {
-                            self.rt[step].reason = None;
-                            self.set(step, State::Done);
-                            let name = self.entry(step).name.clone();
-                            self.resolve_waiters(step, Ok(format!("{name} done")));
+                            let names: Vec<String> = m
+                                .services
+                                .iter()
+                                .map(|&s| self.entry(s).name.clone())
+                                .collect();
+                            self.rt[step].reason = Some(format!(
+                                "waiting for {} to be ready again",
+                                names.join(", ")
+                            ));
+                            self.cache
+                                .when_ready
+                                .push((AfterReady::Step(step), m.services.clone()));
                         }
                     }
                     Op::Named { op, reply, .. } => {
@@ -470,7 +516,13 @@ impl Supervisor {
                                 self.cache.live[s] = None;
                             }
                         }
-                        let _ = reply.send(result);
+                        if self.stopping.is_some() || result.is_err() {
+                            let _ = reply.send(result);
+                        } else {
+                            self.cache
+                                .when_ready
+                                .push((AfterReady::Reply(reply, result), m.services.clone()));
+                        }
                     }
                 }
                 if let Some(next) = self.cache.queued.pop_front() {

@@ -361,7 +361,7 @@ after = ["import_app", "import_test"]
 cache = {{ inputs = ["migrate.sql"], snapshot = "postgres" }}
 
 [step.index]
-command = "{psql} -At -d app -c 'SELECT id, slug FROM items WHERE id % 20 = 0 ORDER BY id' | python3 {f}/index-items.py http://127.0.0.1:{es} items"
+command = ["bash", "-o", "pipefail", "-c", "{psql} -At -d app -c 'SELECT id, slug FROM items WHERE id % 20 = 0 ORDER BY id' | python3 {f}/index-items.py http://127.0.0.1:{es} items"]
 after = ["migrate", "search"]
 cache = {{ key_extra = ["index-v1"], snapshot = "search" }}
 "#,
@@ -435,7 +435,7 @@ fn postgres_seed_is_cached_restored_invalidated_and_snapshotted() {
     assert!(sum.starts_with("200000 "), "{sum}");
     let sum_test = psql(p.pg, "app_test", "SELECT count(*) FROM items");
     assert_eq!(sum_test, "200000");
-    assert_eq!(search_count(p.es), 10_000);
+    assert_eq!(search_count(p.es), 10_000, "{}", s.stderr_text());
     let key = s.entry("migrate")["cache_key"]
         .as_str()
         .unwrap()
@@ -509,9 +509,15 @@ fn postgres_seed_is_cached_restored_invalidated_and_snapshotted() {
     // 5. SIGKILL of the supervisor during an import: no record, no snapshot.
     write_test_data(&s.path("test_data.sql"), 9);
     let before = records(s.dir.path(), "import_app");
-    let snaps_before = std::fs::read_dir(s.path("cache/snapshots/postgres"))
-        .unwrap()
-        .count();
+    let snaps = |d: &Path| -> usize {
+        std::fs::read_dir(d.join("cache/snapshots/postgres"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .count()
+    };
+    let snaps_before = snaps(s.dir.path());
+    assert_eq!(snaps_before, 2);
     let mut s = restart(&mut s, &[]);
     wait_for("import_app to run", Duration::from_secs(60), || {
         let e = s.entry("import_app");
@@ -521,12 +527,13 @@ fn postgres_seed_is_cached_restored_invalidated_and_snapshotted() {
     unsafe { libc::kill(child, libc::SIGKILL) };
     s.wait_exit(Duration::from_secs(30));
     assert_eq!(records(s.dir.path(), "import_app"), before);
-    assert_eq!(
-        std::fs::read_dir(s.path("cache/snapshots/postgres"))
-            .unwrap()
-            .count(),
-        snaps_before
-    );
+    assert_eq!(snaps(s.dir.path()), snaps_before);
+    let leftovers: Vec<_> = std::fs::read_dir(s.path("cache/steps/import_app"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     // The shim swept postgres away; nothing is left listening.
     wait_for("postgres gone", Duration::from_secs(30), || {
         std::net::TcpStream::connect(("127.0.0.1", p.pg))
