@@ -19,6 +19,8 @@ pub enum Msg {
         gen: u64,
         key: Option<String>,
         hit: bool,
+        /// `run`/`schedule`: a miss by request, not a cold chain (no snapshot after it).
+        forced: bool,
     },
     /// A snapshot service's data was resolved before its start: `live` is the chain key its
     /// data dir now holds (restored or kept), `keys` the chain's step keys.
@@ -227,6 +229,7 @@ impl Supervisor {
                         gen,
                         key,
                         hit,
+                        forced,
                     });
                 });
                 true
@@ -431,7 +434,13 @@ impl Supervisor {
 
     pub(super) fn on_cache(&mut self, msg: Msg) {
         match msg {
-            Msg::Key { idx, gen, key, hit } => {
+            Msg::Key {
+                idx,
+                gen,
+                key,
+                hit,
+                forced,
+            } => {
                 self.cache.keys[idx] = key.clone();
                 if self.rt[idx].gen != gen || self.state(idx) != State::Running {
                     return;
@@ -447,7 +456,9 @@ impl Supervisor {
                 } else {
                     if let Some(svc) = self.cache.in_chain[idx] {
                         self.cache.live[svc] = None;
-                        self.cache.cold[svc] = true;
+                        // A forced re-run changes data that is no longer a pure chain result:
+                        // it is not snapshotted (the next start restores the chain's one).
+                        self.cache.cold[svc] = !forced;
                     }
                     let _ = self.runners[idx].send(crate::runner::RunnerCmd::Start);
                 }
