@@ -516,8 +516,9 @@ when_exists = "/nonexistent"
     let out = s.cli(&["run", "job"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "run\nrun\n");
+    // ... and exits with the step's own exit code (`bad` exits 7).
     let out = s.cli(&["run", "bad"]);
-    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert_eq!(code(&out), 7, "{}", text(&out));
     let out = s.cli(&["run", "web"]);
     assert_eq!(
         code(&out),
