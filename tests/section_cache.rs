@@ -137,6 +137,11 @@ command = "exec sleep 60"
     assert_eq!((runs2("gen"), runs2("use"), runs2("plain")), (1, 1, 2));
     let ls = out(&s.cli(&["cache", "ls"]));
     assert!(ls.contains("gen") && ls.contains(&key1[..16]), "{ls}");
+    // `run` of a cached step runs it for real.
+    let o = s.cli(&["run", "gen"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert_eq!(runs2("gen"), 2);
+    assert_eq!(s.state("gen"), "done");
     assert_eq!(s.stop(), 0);
 
     // A new mtime alone changes nothing; a content edit re-runs the step and its dependent.
@@ -149,6 +154,7 @@ command = "exec sleep 60"
     let mut s = restart(&mut s, &[]);
     wait_up(&s, Duration::from_secs(10));
     assert_eq!(s.state("gen"), "cached");
+    assert_eq!(runs2("gen"), 2);
     assert_eq!(s.stop(), 0);
     std::fs::write(s.path("extra/x.txt"), "y").unwrap();
     let mut s = restart(&mut s, &[]);
