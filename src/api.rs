@@ -120,19 +120,14 @@ impl Api {
                 } else {
                     crate::supervisor::SnapOp::Restore
                 };
-                let (tx, rx) = oneshot::channel();
-                let msg = Control::Snapshot {
-                    op,
-                    name: name.to_string(),
-                    reply: tx,
-                };
-                if self.shared.control.send(msg).await.is_err() {
-                    return error(StatusCode::SERVICE_UNAVAILABLE, "supervisor is stopping");
-                }
-                match rx.await {
+                let name = name.to_string();
+                match self
+                    .ask(|reply| Control::Snapshot { op, name, reply })
+                    .await
+                {
                     Ok(Ok(m)) => json_resp(StatusCode::OK, &json!({"ok": true, "message": m})),
                     Ok(Err(e)) => error(StatusCode::CONFLICT, e),
-                    Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "supervisor is stopping"),
+                    Err(resp) => resp,
                 }
             }
             (&Method::POST, ["shutdown"]) => {
@@ -207,17 +202,30 @@ impl Api {
         }
     }
 
-    async fn act(&self, action: Action, name: &str) -> Resp {
+    /// Sends a request that answers with a message or an error; `Err` is the response to
+    /// give when the loop is gone.
+    async fn ask(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<String, String>>) -> Control,
+    ) -> Result<Result<String, String>, Resp> {
+        let gone = || error(StatusCode::SERVICE_UNAVAILABLE, "supervisor is stopping");
         let (tx, rx) = oneshot::channel();
-        let msg = Control::Act {
-            action,
-            name: name.to_string(),
-            reply: tx,
-        };
-        if self.shared.control.send(msg).await.is_err() {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "supervisor is stopping");
+        if self.shared.control.send(make(tx)).await.is_err() {
+            return Err(gone());
         }
-        match rx.await {
+        rx.await.map_err(|_| gone())
+    }
+
+    async fn act(&self, action: Action, name: &str) -> Resp {
+        let owned = name.to_string();
+        let answer = self
+            .ask(|reply| Control::Act {
+                action,
+                name: owned,
+                reply,
+            })
+            .await;
+        match answer {
             Ok(Ok(m)) => json_resp(StatusCode::OK, &json!({"ok": true, "message": m})),
             Ok(Err(e)) if e.starts_with("unknown entry") => error(StatusCode::NOT_FOUND, e),
             Ok(Err(e)) if action == Action::Run => {
@@ -235,7 +243,7 @@ impl Api {
                 )
             }
             Ok(Err(e)) => error(StatusCode::CONFLICT, e),
-            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "supervisor is stopping"),
+            Err(resp) => resp,
         }
     }
 
