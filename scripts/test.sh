@@ -44,7 +44,9 @@ echo "rustc: $(rustc --version 2>/dev/null || echo missing)"
 
 if step "cargo build --release" 900 cargo build --release; then
     step "cargo test --release" 900 cargo test --release -- --test-threads=2 || true
-    for s in tests/image/nginx-routing.sh tests/image/e2e.sh; do
+    # Dashboard in headless chromium (skips itself without it), then the image tests (each
+    # skips itself without a Docker engine; pid1-in-image.sh reuses the image e2e.sh built).
+    for s in tests/dashboard.sh tests/image/nginx-routing.sh tests/image/e2e.sh tests/image/pid1-in-image.sh; do
         if [ -f "$s" ]; then
             step "$s" 600 bash "$s" || true
         else
