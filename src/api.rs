@@ -360,7 +360,7 @@ async fn pump_follower(
                         skipped += batch.len() as u64;
                     } else {
                         for l in batch.iter() {
-                            fmt(l, &mut buf);
+                            fmt(&l, &mut buf);
                         }
                     }
                 }

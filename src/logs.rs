@@ -66,13 +66,131 @@ pub struct EntryLog {
     tx: broadcast::Sender<Batch>,
 }
 
-/// Lines captured together, in order.
-pub type Batch = Arc<Vec<Arc<Line>>>;
+/// Lines captured together (one pipe read), in order: one allocation for all their text,
+/// not one per line, so capture costs a copy and a scan.
+#[derive(Debug)]
+pub struct Chunk {
+    pub entry: Arc<str>,
+    pub stream: Stream,
+    pub ts: u64,
+    pub first_seq: u64,
+    text: String,
+    ends: Vec<u32>,
+}
+
+pub type Batch = Arc<Chunk>;
+
+impl Chunk {
+    fn new(entry: Arc<str>, stream: Stream) -> Chunk {
+        Chunk {
+            entry,
+            stream,
+            ts: 0,
+            first_seq: 0,
+            text: String::new(),
+            ends: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, line: &[u8]) {
+        self.text.push_str(&String::from_utf8_lossy(line));
+        self.ends.push(self.text.len() as u32);
+    }
+
+    fn push_str(&mut self, line: &str) {
+        self.text.push_str(line);
+        self.ends.push(self.text.len() as u32);
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn text(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.text[start..self.ends[i] as usize]
+    }
+
+    pub fn line(&self, i: usize) -> Line {
+        Line {
+            seq: self.first_seq + i as u64,
+            ts: self.ts,
+            entry: self.entry.clone(),
+            stream: self.stream,
+            text: self.text(i).to_string(),
+        }
+    }
+
+    /// Materialised lines (for the API; capture itself never builds them).
+    pub fn iter(&self) -> impl Iterator<Item = Line> + '_ {
+        (0..self.len()).map(|i| self.line(i))
+    }
+
+    fn format(&self, buf: &mut Vec<u8>, format: Format, color: u8) {
+        for i in 0..self.len() {
+            let text = self.text(i);
+            match format {
+                Format::Text { color: true } => {
+                    let _ = write!(buf, "\x1b[{color}m{} |\x1b[0m ", self.entry);
+                    buf.extend_from_slice(text.as_bytes());
+                }
+                Format::Text { color: false } => {
+                    buf.extend_from_slice(self.entry.as_bytes());
+                    buf.extend_from_slice(b" | ");
+                    buf.extend_from_slice(text.as_bytes());
+                }
+                Format::Json => {
+                    let line = LineRef {
+                        seq: self.first_seq + i as u64,
+                        ts: self.ts,
+                        entry: &self.entry,
+                        stream: self.stream,
+                        text,
+                    };
+                    let _ = serde_json::to_writer(&mut *buf, &line);
+                }
+            }
+            buf.push(b'\n');
+        }
+    }
+}
+
+/// The JSON shape of a line, borrowed (same fields as `Line`).
+#[derive(Serialize)]
+struct LineRef<'a> {
+    seq: u64,
+    ts: u64,
+    entry: &'a str,
+    stream: Stream,
+    text: &'a str,
+}
 
 struct Ring {
     next_seq: u64,
-    lines: VecDeque<Arc<Line>>,
+    chunks: VecDeque<Batch>,
+    /// Lines held in `chunks` (between `cap` and `cap` + one chunk).
+    held: usize,
     total: u64,
+}
+
+impl Ring {
+    fn tail(&self, n: usize) -> Vec<Arc<Line>> {
+        let mut out = Vec::new();
+        for c in self.chunks.iter().rev() {
+            for i in (0..c.len()).rev() {
+                if out.len() == n {
+                    break;
+                }
+                out.push(Arc::new(c.line(i)));
+            }
+        }
+        out.reverse();
+        out
+    }
 }
 
 impl EntryLog {
@@ -84,90 +202,65 @@ impl EntryLog {
             cap,
             ring: Mutex::new(Ring {
                 next_seq: 0,
-                lines: VecDeque::with_capacity(cap.min(1024)),
+                chunks: VecDeque::new(),
+                held: 0,
                 total: 0,
             }),
             tx: broadcast::channel(4096).0,
         })
     }
 
-    /// The last `n` lines.
+    /// The last `n` lines (at most the ring's capacity).
     pub fn tail(&self, n: usize) -> Vec<Arc<Line>> {
-        let r = self.ring.lock().unwrap();
-        r.lines
-            .iter()
-            .skip(r.lines.len().saturating_sub(n))
-            .cloned()
-            .collect()
+        self.ring.lock().unwrap().tail(n.min(self.cap))
     }
 
     /// Tail and subscription taken atomically, so a follower misses nothing in between.
     pub fn follow(&self, n: usize) -> (Vec<Arc<Line>>, broadcast::Receiver<Batch>) {
         let r = self.ring.lock().unwrap();
         let rx = self.tx.subscribe();
-        let tail = r
-            .lines
-            .iter()
-            .skip(r.lines.len().saturating_sub(n))
-            .cloned()
-            .collect();
-        (tail, rx)
+        (r.tail(n.min(self.cap)), rx)
     }
 
     pub fn total_lines(&self) -> u64 {
         self.ring.lock().unwrap().total
     }
 
-    /// Records a batch of complete lines and writes them to `out` in one write.
-    fn push(&self, out: &Output, stream: Stream, texts: Vec<String>) {
-        if texts.is_empty() {
+    /// Records a chunk of complete lines and writes them to `out` in one write.
+    fn push(&self, out: &Output, mut chunk: Chunk, buf: &mut Vec<u8>) {
+        if chunk.is_empty() {
             return;
         }
-        let ts = now_ms();
-        let mut buf = Vec::with_capacity(texts.iter().map(|t| t.len() + 32).sum());
-        let mut batch = Vec::with_capacity(texts.len());
+        chunk.ts = now_ms();
         let mut r = self.ring.lock().unwrap();
-        for text in texts {
-            let line = Arc::new(Line {
-                seq: r.next_seq,
-                ts,
-                entry: self.name.clone(),
-                stream,
-                text,
-            });
-            r.next_seq += 1;
-            r.total += 1;
-            format_line(&mut buf, out.format, self.color, &line);
-            if r.lines.len() == self.cap {
-                r.lines.pop_front();
+        chunk.first_seq = r.next_seq;
+        r.next_seq += chunk.len() as u64;
+        r.total += chunk.len() as u64;
+        r.held += chunk.len();
+        let chunk = Arc::new(chunk);
+        r.chunks.push_back(chunk.clone());
+        while let Some(front) = r.chunks.front() {
+            if r.held - front.len() < self.cap {
+                break;
             }
-            batch.push(line.clone());
-            r.lines.push_back(line);
+            r.held -= front.len();
+            r.chunks.pop_front();
         }
         // Sent under the ring lock so `follow` never sees a line twice or misses one.
-        let _ = self.tx.send(Arc::new(batch));
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(chunk.clone());
+        }
         drop(r);
-        out.write_batch(&buf);
+        buf.clear();
+        chunk.format(buf, out.format, self.color);
+        out.write_batch(buf);
     }
 
     /// Adds a supervisor-generated line (e.g. "exited with code 1") to this entry's log.
     pub fn note(&self, out: &Output, text: String) {
-        self.push(out, Stream::Stderr, vec![text]);
-    }
-}
-
-fn format_line(buf: &mut Vec<u8>, format: Format, color: u8, l: &Line) {
-    match format {
-        Format::Text { color: true } => {
-            let _ = writeln!(buf, "\x1b[{color}m{} |\x1b[0m {}", l.entry, l.text);
-        }
-        Format::Text { color: false } => {
-            let _ = writeln!(buf, "{} | {}", l.entry, l.text);
-        }
-        Format::Json => {
-            let _ = serde_json::to_writer(&mut *buf, l);
-            buf.push(b'\n');
-        }
+        let mut c = Chunk::new(self.name.clone(), Stream::Stderr);
+        c.push(text.as_bytes());
+        self.push(out, c, &mut Vec::new());
     }
 }
 
@@ -178,19 +271,35 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Splits `pending` into complete lines (and over-long chunks), leaving the partial tail.
-pub fn split_lines(pending: &mut Vec<u8>, max: usize) -> Vec<String> {
-    let mut out = Vec::new();
+/// Moves the complete lines of `pending` (and over-long pieces) into `chunk`, leaving the
+/// partial tail in `pending`.
+pub fn split_into(pending: &mut Vec<u8>, max: usize, chunk: &mut Chunk) {
+    // Validate UTF-8 once for the whole buffer (fast); only invalid stretches take the
+    // per-line lossy path.
+    let valid_up_to = match std::str::from_utf8(pending) {
+        Ok(_) => pending.len(),
+        Err(e) => e.valid_up_to(),
+    };
+    let add = |chunk: &mut Chunk, from: usize, to: usize, bytes: &[u8]| {
+        if to <= valid_up_to {
+            // SAFETY: `from..to` lies within the validated prefix and both ends are char
+            // boundaries (a newline, a `\r` before it, or a cut moved back to a boundary).
+            chunk.push_str(unsafe { std::str::from_utf8_unchecked(&bytes[from..to]) });
+        } else {
+            chunk.push(&bytes[from..to]);
+        }
+    };
     let mut start = 0;
     loop {
         let rest = &pending[start..];
         match memchr::memchr(b'\n', rest) {
             Some(i) if i <= max => {
-                let mut l = &rest[..i];
-                if l.last() == Some(&b'\r') {
-                    l = &l[..l.len() - 1];
-                }
-                out.push(String::from_utf8_lossy(l).into_owned());
+                let end = if i > 0 && rest[i - 1] == b'\r' {
+                    i - 1
+                } else {
+                    i
+                };
+                add(chunk, start, start + end, pending);
                 start += i + 1;
             }
             _ if rest.len() > max => {
@@ -199,14 +308,13 @@ pub fn split_lines(pending: &mut Vec<u8>, max: usize) -> Vec<String> {
                 while cut > max - 4 && (rest[cut] & 0xC0) == 0x80 {
                     cut -= 1;
                 }
-                out.push(String::from_utf8_lossy(&rest[..cut]).into_owned());
+                add(chunk, start, start + cut, pending);
                 start += cut;
             }
             _ => break,
         }
     }
     pending.drain(..start);
-    out
 }
 
 /// Reads a pipe until EOF, feeding lines to the entry log. The last partial line is flushed.
@@ -216,21 +324,25 @@ pub async fn pump<R: AsyncRead + Unpin>(
     out: Arc<Output>,
     stream: Stream,
 ) {
-    let mut pending: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::with_capacity(128 * 1024);
+    let mut buf = Vec::with_capacity(128 * 1024);
     loop {
-        match r.read(&mut chunk).await {
+        if pending.capacity() - pending.len() < 64 * 1024 {
+            pending.reserve(64 * 1024);
+        }
+        match r.read_buf(&mut pending).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                pending.extend_from_slice(&chunk[..n]);
-                let lines = split_lines(&mut pending, MAX_LINE);
-                log.push(&out, stream, lines);
+            Ok(_) => {
+                let mut chunk = Chunk::new(log.name.clone(), stream);
+                split_into(&mut pending, MAX_LINE, &mut chunk);
+                log.push(&out, chunk, &mut buf);
             }
         }
     }
     if !pending.is_empty() {
-        let text = String::from_utf8_lossy(&pending).into_owned();
-        log.push(&out, stream, vec![text]);
+        let mut chunk = Chunk::new(log.name.clone(), stream);
+        chunk.push(&pending);
+        log.push(&out, chunk, &mut buf);
     }
 }
 
@@ -238,35 +350,74 @@ pub async fn pump<R: AsyncRead + Unpin>(
 mod tests {
     use super::*;
 
+    fn split(p: &mut Vec<u8>, max: usize) -> Vec<String> {
+        let mut c = Chunk::new("t".into(), Stream::Stdout);
+        split_into(p, max, &mut c);
+        c.iter().map(|l| l.text).collect()
+    }
+
     #[test]
     fn splits_lines_and_long_lines() {
         let mut p = b"a\nbb\r\ncc".to_vec();
-        assert_eq!(split_lines(&mut p, 10), vec!["a", "bb"]);
+        assert_eq!(split(&mut p, 10), vec!["a", "bb"]);
         assert_eq!(p, b"cc");
         let mut p = vec![b'x'; 25];
-        let l = split_lines(&mut p, 10);
+        let l = split(&mut p, 10);
         assert_eq!(l.len(), 2);
         assert_eq!(p.len(), 5);
         let mut p = b"0123456789\n".to_vec();
-        assert_eq!(split_lines(&mut p, 10), vec!["0123456789"]);
+        assert_eq!(split(&mut p, 10), vec!["0123456789"]);
+        let mut p = b"caf\xc3\xa9 \xff\n".to_vec();
+        assert_eq!(split(&mut p, 100), vec!["caf\u{e9} \u{fffd}"]);
+    }
+
+    fn sink() -> Arc<Output> {
+        Arc::new(Output {
+            format: Format::Json,
+            sink: Mutex::new(Box::new(std::io::sink())),
+        })
+    }
+
+    fn push_lines(log: &EntryLog, out: &Output, lines: &[&str]) {
+        let mut c = Chunk::new(log.name.clone(), Stream::Stdout);
+        for l in lines {
+            c.push(l.as_bytes());
+        }
+        log.push(out, c, &mut Vec::new());
     }
 
     #[test]
     fn ring_is_bounded_and_follow_sees_new_lines() {
-        let out = Arc::new(Output {
-            format: Format::Json,
-            sink: Mutex::new(Box::new(std::io::sink())),
-        });
+        let out = sink();
         let log = EntryLog::new("x", 0, 3);
         let (_, mut rx) = log.follow(10);
-        log.push(
-            &out,
-            Stream::Stdout,
-            (0..5).map(|i| i.to_string()).collect(),
-        );
+        push_lines(&log, &out, &["0", "1"]);
+        push_lines(&log, &out, &["2", "3", "4"]);
         let tail: Vec<String> = log.tail(10).iter().map(|l| l.text.clone()).collect();
         assert_eq!(tail, vec!["2", "3", "4"]);
-        assert_eq!(rx.try_recv().unwrap()[0].text, "0");
+        let first = rx.try_recv().unwrap();
+        assert_eq!(first.line(0).text, "0");
+        assert_eq!(first.line(1).seq, 1);
+        assert_eq!(rx.try_recv().unwrap().line(2).seq, 4);
         assert_eq!(log.total_lines(), 5);
+        let tail2: Vec<u64> = log.tail(2).iter().map(|l| l.seq).collect();
+        assert_eq!(tail2, vec![3, 4]);
+    }
+
+    #[test]
+    fn text_and_json_formats() {
+        let mut c = Chunk::new("api".into(), Stream::Stderr);
+        c.push(b"hello");
+        c.push(b"");
+        let mut buf = Vec::new();
+        c.format(&mut buf, Format::Text { color: false }, 36);
+        assert_eq!(buf, b"api | hello\napi | \n");
+        buf.clear();
+        c.format(&mut buf, Format::Json, 36);
+        let first: serde_json::Value =
+            serde_json::from_slice(buf.split(|b| *b == b'\n').next().unwrap()).unwrap();
+        assert_eq!(first["entry"], "api");
+        assert_eq!(first["stream"], "stderr");
+        assert_eq!(first["text"], "hello");
     }
 }
