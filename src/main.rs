@@ -189,9 +189,6 @@ fn main() {
 
 /// Is this invocation `up` (explicit, or no subcommand at all)?
 fn wants_up() -> bool {
-    const SUBCOMMANDS: &[&str] = &[
-        "check", "status", "health", "logs", "restart", "stop", "start", "run", "shutdown", "help",
-    ];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -201,11 +198,17 @@ fn wants_up() -> bool {
                 args.next();
             }
             s if s.starts_with('-') => {}
-            s => return !SUBCOMMANDS.contains(&s),
+            s => return !CLIENT_SUBCOMMANDS.contains(&s),
         }
     }
     true
 }
+
+/// Every subcommand but `up` (kept in step with clap by a test).
+const CLIENT_SUBCOMMANDS: &[&str] = &[
+    "check", "status", "health", "logs", "restart", "stop", "start", "pause", "resume", "run",
+    "cache", "snapshot", "shutdown", "help",
+];
 
 fn load(config: &std::path::Path) -> Result<plan::Plan, i32> {
     let environ = std::env::vars().collect();
@@ -454,4 +457,25 @@ fn client(cmd: Cmd, config: &std::path::Path, socket: Option<&std::path::Path>) 
             Cmd::Up { .. } | Cmd::Check { .. } | Cmd::Cache { .. } => unreachable!(),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn client_subcommands_match_clap() {
+        use clap::CommandFactory;
+        let mut names: Vec<String> = super::Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .filter(|n| n != "up")
+            .collect();
+        names.push("help".into());
+        names.sort();
+        let mut ours: Vec<String> = super::CLIENT_SUBCOMMANDS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        ours.sort();
+        assert_eq!(names, ours);
+    }
 }
