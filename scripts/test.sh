@@ -43,7 +43,8 @@ echo "postgres binaries: ${pgbin:-not found}"
 echo "rustc: $(rustc --version 2>/dev/null || echo missing)"
 
 if step "cargo build --release" 900 cargo build --release; then
-    step "cargo test --release" 900 cargo test --release -- --test-threads=2 || true
+    # --no-fail-fast: a failing test binary does not hide the results of the others.
+    step "cargo test --release" 900 cargo test --release --no-fail-fast -- --test-threads=2 || true
     # Dashboard in headless chromium (skips itself without it), then the image tests (each
     # skips itself without a Docker engine; pid1-in-image.sh reuses the image e2e.sh built).
     for s in tests/dashboard.sh tests/image/nginx-routing.sh tests/image/e2e.sh tests/image/pid1-in-image.sh; do
