@@ -97,14 +97,14 @@ run_fg() {
     docker rm -f -v "$c" >/dev/null 2>&1 || true
 }
 
-# start_bg NAME ARGS... : docker run -d; prints the container name
+# start_bg NAME ARGS... : docker run -d; sets c to the container name (not in a subshell, so the
+# cleanup list sees it)
 start_bg() {
     local name=$1
     shift
-    local c="$prefix-$name"
+    c="$prefix-$name"
     containers+=("$c")
-    docker run -d --name "$c" -v "$tmp:/t" "$@" >/dev/null || return 1
-    echo "$c"
+    docker run -d --name "$c" -v "$tmp:/t" "$@" >/dev/null
 }
 
 # wait_log C PATTERN TIMEOUT_S
@@ -165,7 +165,7 @@ table trap <<'TOML'
 [process.svc]
 command = "trap 'echo got-term; exit 0' TERM; echo svc-up; while true; do sleep 0.05; done"
 TOML
-if c=$(start_bg c1 "$IMAGE" up --config /t/trap.toml) && wait_log "$c" 'svc | svc-up' 20; then
+if start_bg c1 "$IMAGE" up --config /t/trap.toml && wait_log "$c" 'svc | svc-up' 20; then
     t=$(now)
     docker stop -t 10 "$c" >/dev/null
     took=$(since "$t")
@@ -173,7 +173,6 @@ if c=$(start_bg c1 "$IMAGE" up --config /t/trap.toml) && wait_log "$c" 'svc | sv
     [ "$code" = 0 ] && ok "exit code 0" || bad "exit code $code, wanted 0"
     lt "$took" 10 && ok "docker stop took ${took}s" || bad "docker stop took ${took}s (>= 10 s: SIGKILLed by Docker)"
     docker logs "$c" 2>&1 | grep -q 'svc | got-term' && ok "service saw TERM" || bad "no 'svc | got-term' in docker logs"
-    stop_trap=$took
 else
     bad "service did not come up"; docker logs "$c" 2>&1 | tail -n 20
 fi
@@ -188,7 +187,7 @@ command = "trap 'echo got-term; exit 0' TERM; while true; do sleep 0.05; done"
 command = ["/t/ignore-sigterm.sh"]
 stop_timeout = "2s"
 TOML
-if c=$(start_bg c2 "$IMAGE" up --config /t/stubborn.toml) && wait_log "$c" 'stubborn: ready' 20; then
+if start_bg c2 "$IMAGE" up --config /t/stubborn.toml && wait_log "$c" 'stubborn: ready' 20; then
     t=$(now)
     docker stop -t 10 "$c" >/dev/null
     took=$(since "$t")
@@ -200,7 +199,6 @@ if c=$(start_bg c2 "$IMAGE" up --config /t/stubborn.toml) && wait_log "$c" 'stub
     grep -q 'stubborn: did not stop within its timeout.*SIGKILL' <<<"$logs" \
         && ok "SIGKILL warning: $(grep -o 'stubborn: did not stop.*' <<<"$logs" | head -n1)" \
         || { bad "no SIGKILL warning for stubborn in docker logs"; tail -n 20 <<<"$logs"; }
-    stop_kill=$took
 else
     bad "service did not come up"; docker logs "$c" 2>&1 | tail -n 20
 fi
@@ -219,7 +217,7 @@ after = ["web"]
 [step.seed]
 command = "echo seeded"
 TOML
-if c=$(start_bg d "$IMAGE" up --config /t/exec.toml) && wait_log "$c" 'worker | hello-from-worker' 20; then
+if start_bg d "$IMAGE" up --config /t/exec.toml && wait_log "$c" 'worker | hello-from-worker' 20; then
     sleep 0.3
     # No --config: inside the image the default is /dmp-contained/supervisor.toml (WORKDIR), which
     # names the same default socket.
