@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -488,30 +489,16 @@ class Bench:
                 self.note_concurrent_build(name)
                 d = self.dir(name, tool.name, str(i))
                 outp = os.path.join(d, "out.log")
-                r = Run(tool, d, [Svc("prod", [self.producer, str(n)], restart="never")], stdout=outp)
+                ru_file = os.path.join(d, "producer.rusage")
+                ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                r = Run(tool, d, [Svc("prod", [self.producer, str(n), "100", ru_file], restart="never")],
+                        stdout=outp)
                 wall = None
-                # Supervisor CPU is sampled while it runs: a tool may exit on its own once the
-                # producer is done, and then its CPU time is gone from /proc.
-                cpu_last, sup = {}, set()
-                next_scan = next_sample = 0.0
-
-                def sample(now):
-                    nonlocal next_scan, next_sample
-                    if now >= next_scan:
-                        sup.update(r.supervisor_pids())
-                        next_scan = now + 0.2
-                    if now >= next_sample:
-                        for p in sup:
-                            st = read_stat(p)
-                            if st and st["state"] not in ("Z", "X"):
-                                cpu_last[p] = st["utime"] + st["stime"]
-                        next_sample = now + 0.02
                 try:
                     with open(outp, "rb") as f:
                         tail = b""
                         deadline = r.t_start + self.a.logs_timeout
                         while time.monotonic() < deadline:
-                            sample(time.monotonic())
                             chunk = f.read()
                             if chunk:
                                 buf = tail + chunk
@@ -521,12 +508,21 @@ class Bench:
                                 tail = buf[-64:]
                             else:
                                 time.sleep(0.002)
-                    next_sample = 0.0
-                    sample(time.monotonic())
-                    cpu = sum(cpu_last.values())
                     time.sleep(0.3)  # anything still in flight after the marker
                 finally:
                     r.cleanup()
+                # Supervisor CPU = CPU of the whole reaped tool tree (RUSAGE_CHILDREN delta; the
+                # tool reaps the producer) minus the producer's own, self-reported CPU. Includes
+                # the tool's start-up and shutdown.
+                ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = None
+                try:
+                    with open(ru_file) as f:
+                        pu, ps = (int(x) for x in f.read().split())
+                    cpu = max(0.0, (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime)
+                              - (pu + ps) / 1e6)
+                except (OSError, ValueError):
+                    pass
                 c = self.count_lines(outp, prefix_re if tool is self.ours else None)
                 os.unlink(outp)
                 if wall is None:
@@ -535,7 +531,7 @@ class Bench:
                 got = c["unique"] if c["prefixed"] is None else min(c["unique"], c["prefixed"])
                 walls.append(wall)
                 lost.append(n - got)
-                cpus.append(cpu / CLK_TCK if sup else None)
+                cpus.append(cpu)
                 for k in ("out_of_order", "prefixed"):
                     if c[k] is not None:
                         extra.setdefault(k, []).append(c[k])
@@ -810,7 +806,7 @@ class Bench:
             b = B["logs"]
             ref = b.get(OURS)
             out.append(f"\n## Log throughput: {self.a.lines:,} lines × 100 bytes, {self.a.runs} runs\n")
-            out.append("| tool | wall s | wall ratio | lines lost | supervisor CPU s | notes |")
+            out.append("| tool | wall s | wall ratio | lines lost | tool CPU s | notes |")
             out.append("|---|---|---|---|---|---|")
             for t, v in b.items():
                 if t == "skipped":
@@ -829,7 +825,8 @@ class Bench:
             skipped("logs")
             out.append("\nWall = tool start → producer's last line present in the output file (stdout "
                        "redirected to a file); lines lost = produced − distinct payload lines found "
-                       "(dmp-contained: counted only with the `prod | ` prefix).")
+                       "(dmp-contained: counted only with the `prod | ` prefix); tool CPU = CPU of the tool's "
+                       "whole process tree minus the producer's own (start-up and shutdown included).")
         if "restart" in B:
             b = B["restart"]
             ref = b.get(OURS)
