@@ -8,6 +8,9 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::broadcast;
 
+/// Capacity of each entry's follower broadcast, in batches (pipe reads).
+const FOLLOW_BATCHES: usize = 256;
+
 /// Lines longer than this are split.
 pub const MAX_LINE: usize = 16 * 1024;
 
@@ -206,7 +209,9 @@ impl EntryLog {
                 held: 0,
                 total: 0,
             }),
-            tx: broadcast::channel(4096).0,
+            // Batches, not lines; followers drain it continuously into their own buffers. Every
+            // slot is allocated up front, so keep it small.
+            tx: broadcast::channel(FOLLOW_BATCHES).0,
         })
     }
 

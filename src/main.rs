@@ -364,8 +364,8 @@ fn up(
     };
     let nofile = api::raise_nofile();
     tracing::debug!("open-file limit {nofile}");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the work is I/O-bound, and log capture is faster without cross-thread wake-ups.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
