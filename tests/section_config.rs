@@ -136,3 +136,23 @@ fn unknown_only_or_without_name_is_an_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown entry `dbx`"));
 }
+
+#[test]
+fn shipped_tables_are_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for table in ["supervisor.toml", "examples/minimal.toml"] {
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(format!("{root}/{table}"))
+            .env("DMP_ROOT", root)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{table}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
