@@ -530,3 +530,31 @@ fn restart_of_an_entry_in_backoff_starts_it_now() {
         (s.entry("flappy")["runs"].as_u64().unwrap() > before).then_some(())
     });
 }
+
+#[test]
+fn exec_and_http_probes_gate_dependents() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("ready-flag");
+    let web = free_port();
+    let s = Sup::start(&format!(
+        r#"
+[process.worker]
+command = "sleep 0.4; touch {flag}; exec sleep 60"
+ready = {{ exec = ["test", "-f", "{flag}"], interval = "50ms" }}
+[process.web]
+command = ["python3", "-m", "http.server", "--bind", "127.0.0.1", "{web}"]
+after = ["worker"]
+ready = {{ http = "http://127.0.0.1:{web}/", status = 200, body = "Directory listing", interval = "50ms" }}
+[step.after-web]
+command = "true"
+after = ["web"]
+"#,
+        flag = flag.display()
+    ));
+    s.wait_state("after-web", "done", Duration::from_secs(15));
+    let w = s.entry("worker");
+    assert!(w["time_to_ready_s"].as_f64().unwrap() >= 0.35, "{w}");
+    assert_eq!(w["last_probe"]["ok"], true);
+    let web = s.entry("web");
+    assert!(web["started_at"].as_u64() >= w["ready_at"].as_u64());
+}
