@@ -102,6 +102,11 @@ RUN set -eux; \
             --shell /usr/sbin/nologin elasticsearch; \
     fi
 
+# An initialised cluster in the image: pg-init then finds PG_VERSION and skips initdb (1.5-3 s
+# off every new container's critical path). Same flags as pg-init in supervisor.toml.
+RUN su postgres -s /bin/sh -c 'initdb -D /var/lib/postgresql/data -U postgres --auth=trust \
+        --encoding=UTF8 --locale=C.UTF-8 --no-instructions' >/dev/null
+
 COPY resources-for-container/ /dmp-contained/resources-for-container/
 COPY supervisor.toml /dmp-contained/supervisor.toml
 RUN set -eux; \
