@@ -233,12 +233,16 @@ fn check(config: &std::path::Path, json: bool) -> i32 {
     }
 }
 
+/// The supervisor's own events on stderr. `DMP_CONTAINED_LOG` = error | warn | info (default) |
+/// debug | trace.
 fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("DMP_CONTAINED_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::filter::LevelFilter;
+    let level = std::env::var("DMP_CONTAINED_LOG")
+        .ok()
+        .and_then(|l| l.trim().parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::INFO);
     let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_target(false);
     match format {
