@@ -44,7 +44,8 @@ echo "rustc: $(rustc --version 2>/dev/null || echo missing)"
 
 if step "cargo build --release" 900 cargo build --release; then
     # --no-fail-fast: a failing test binary does not hide the results of the others.
-    step "cargo test --release" 900 cargo test --release --no-fail-fast -- --test-threads=2 || true
+    testlog=$(mktemp)
+    step "cargo test --release" 900 bash -c 'set -o pipefail; cargo test --release --no-fail-fast -- --test-threads=2 2>&1 | tee "$0"' "$testlog" || true
     # Dashboard in headless chromium (skips itself without it), then the image tests (each
     # skips itself without a Docker engine; pid1-in-image.sh reuses the image e2e.sh built).
     for s in tests/dashboard.sh tests/image/nginx-routing.sh tests/image/e2e.sh tests/image/pid1-in-image.sh; do
@@ -62,8 +63,22 @@ printf '\n===== summary (%ss) =====\n' "$((SECONDS - start_all))"
 for i in "${!names[@]}"; do
     printf '%-36s %-22s %s\n' "${names[$i]}" "${results[$i]}" "${times[$i]}"
 done
+# Totals of the Rust suite plus one per passing script, as one plain closing line.
+passed=0; nfailed=0
+if [ -n "${testlog:-}" ] && [ -f "$testlog" ]; then
+    read -r passed nfailed < <(awk '/^test result:/ {p += $4; f += $6} END {print p+0, f+0}' "$testlog")
+    rm -f "$testlog"
+fi
+for i in "${!names[@]}"; do
+    case "${names[$i]}" in
+        cargo*) ;;
+        *) case "${results[$i]}" in ok) passed=$((passed + 1)) ;; FAILED*|TIMEOUT*) nfailed=$((nfailed + 1)) ;; esac ;;
+    esac
+done
 if [ "$failed" -ne 0 ]; then
+    echo "tests: $passed passed, $nfailed failed"
     echo "RESULT: FAILED"
     exit 1
 fi
 echo "RESULT: ok"
+echo "tests: $passed passed, $nfailed failed"
