@@ -63,10 +63,12 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
 pub struct Api {
     pub shared: Arc<Shared>,
     pub token: Option<String>,
+    /// Secret values per entry (`secret_values`), to scrub from status.
+    pub secrets: Vec<Vec<String>>,
 }
 
 impl Api {
-    /// The loop's status snapshot, with secrets scrubbed and waiting reasons filled in.
+    /// The loop's status snapshot, with secrets scrubbed.
     pub async fn status(&self) -> Option<Value> {
         let (tx, rx) = oneshot::channel();
         self.shared.control.send(Control::Status(tx)).await.ok()?;
@@ -74,7 +76,7 @@ impl Api {
             .await
             .ok()?
             .ok()?;
-        enrich_status(&mut v, &self.shared.plan);
+        scrub_status(&mut v, &self.secrets);
         Some(v)
     }
 
@@ -386,88 +388,48 @@ async fn pump_follower(
     }
 }
 
-/// Post-processes the loop's snapshot: scrubs secret values wherever they could show
-/// (declared env, command, reasons, probe errors) and explains why waiting entries wait.
-pub fn enrich_status(v: &mut Value, plan: &crate::plan::Plan) {
-    let states: std::collections::HashMap<String, String> = v["entries"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| {
-            Some((
-                e["name"].as_str()?.to_string(),
-                e["state"].as_str()?.to_string(),
-            ))
-        })
-        .collect();
+/// Scrubs secret values wherever the loop's snapshot could show them: declared env, command,
+/// reasons, probe errors. `secrets[i]` are entry `i`'s secret values (see `secret_values`).
+pub fn scrub_status(v: &mut Value, secrets: &[Vec<String>]) {
     let Some(entries) = v["entries"].as_array_mut() else {
         return;
     };
-    for e in entries {
-        let Some(entry) = e["name"]
-            .as_str()
-            .and_then(|n| plan.index(n))
-            .map(|i| &plan.entries[i])
-        else {
-            continue;
-        };
-        let secrets: Vec<&str> = entry
-            .env
-            .iter()
-            .chain(entry.declared_env.iter())
-            .filter(|(k, v)| crate::interp::is_secret(k) && v.len() >= 3)
-            .map(|(_, v)| v.as_str())
-            .collect();
-        if let Some(env) = e["env"].as_object_mut() {
-            for (k, val) in env.iter_mut() {
-                if crate::interp::is_secret(k) {
-                    *val = Value::String("<redacted>".into());
-                } else if let Some(s) = val.as_str() {
-                    *val = Value::String(scrub(s, &secrets));
-                }
+    for (e, secrets) in entries.iter_mut().zip(secrets) {
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        let mut scrub_at = |v: &mut Value| {
+            if let Some(s) = v.as_str() {
+                *v = Value::String(scrub(s, &secrets));
             }
+        };
+        if let Some(env) = e["env"].as_object_mut() {
+            env.values_mut().for_each(&mut scrub_at);
         }
         if let Some(cmd) = e["command"].as_array_mut() {
-            for a in cmd {
-                if let Some(s) = a.as_str() {
-                    *a = Value::String(scrub(s, &secrets));
-                }
-            }
+            cmd.iter_mut().for_each(&mut scrub_at);
         }
-        for key in ["reason"] {
-            if let Some(s) = e[key].as_str() {
-                e[key] = Value::String(scrub(s, &secrets));
-            }
-        }
-        if let Some(s) = e["last_probe"]["error"].as_str() {
-            e["last_probe"]["error"] = Value::String(scrub(s, &secrets));
-        }
-        if e["state"] == "waiting" && e["reason"].is_null() {
-            let missing: Vec<String> = entry
-                .after
-                .iter()
-                .filter(|d| {
-                    let st = states.get(&d.name).map(String::as_str).unwrap_or("");
-                    !match crate::plan::cond_name(d.cond) {
-                        "ready" => st == "ready",
-                        "started" => matches!(st, "starting" | "ready"),
-                        _ => matches!(st, "done" | "cached"),
-                    }
-                })
-                .map(|d| {
-                    format!(
-                        "{}:{} (now {})",
-                        d.name,
-                        crate::plan::cond_name(d.cond),
-                        states.get(&d.name).map(String::as_str).unwrap_or("?")
-                    )
-                })
-                .collect();
-            if !missing.is_empty() {
-                e["reason"] = Value::String(format!("waiting for {}", missing.join(", ")));
-            }
-        }
+        scrub_at(&mut e["reason"]);
+        scrub_at(&mut e["last_probe"]["error"]);
     }
+}
+
+/// Per entry (in plan order), the values of its secret-looking variables: computed once, not
+/// on every status request.
+pub fn secret_values(plan: &crate::plan::Plan) -> Vec<Vec<String>> {
+    plan.entries
+        .iter()
+        .map(|entry| {
+            let mut v: Vec<String> = entry
+                .env
+                .iter()
+                .chain(entry.declared_env.iter())
+                .filter(|(k, v)| crate::interp::is_secret(k) && v.len() >= 3)
+                .map(|(_, v)| v.clone())
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        })
+        .collect()
 }
 
 /// Replaces known secret values, URL passwords (`scheme://user:PASS@`) and `password=…`-style

@@ -408,7 +408,15 @@ fn up(
         let (mut sup, shared) = supervisor::Supervisor::new(plan, out);
         sup.set_fresh(fresh);
         watch::spawn_all(&shared);
-        let api = Arc::new(api::Api { shared, token });
+        let mut secrets = api::secret_values(&shared.plan);
+        if let Some(t) = &token {
+            secrets.iter_mut().for_each(|s| s.push(t.clone()));
+        }
+        let api = Arc::new(api::Api {
+            shared,
+            token,
+            secrets,
+        });
         tokio::spawn(api::serve_tcp(api.clone(), tcp));
         tokio::spawn(api::serve_unix(api, unix));
         let code = sup.run().await;

@@ -794,7 +794,7 @@ impl Supervisor {
             "runs": r.runs,
             "last_exit": r.last_exit,
             "last_probe": r.last_probe.as_ref().map(|(ok, err, at)| json!({"ok": ok, "error": err, "at": at})),
-            "reason": r.reason,
+            "reason": r.reason.clone().or_else(|| self.waiting_for(i)),
             "after": e.after.iter().map(|d| format!("{}:{}", d.name, crate::plan::cond_name(d.cond))).collect::<Vec<_>>(),
             "command": e.command,
             "env": env,
@@ -803,6 +803,24 @@ impl Supervisor {
             "cache_key": self.cache_key(i),
             "log_tail": (s == State::Failed).then(|| self.logs[i].tail(20).iter().map(|l| l.text.clone()).collect::<Vec<_>>()),
         })
+    }
+
+    /// For a waiting entry: which dependencies it still waits for, and where they are.
+    fn waiting_for(&self, i: usize) -> Option<String> {
+        if self.state(i) != State::Waiting {
+            return None;
+        }
+        let missing: Vec<String> = self
+            .entry(i)
+            .after
+            .iter()
+            .filter(|d| !self.state(d.idx).satisfies(d.cond))
+            .map(|d| {
+                let now = state_name(self.state(d.idx));
+                format!("{}:{} (now {now})", d.name, crate::plan::cond_name(d.cond))
+            })
+            .collect();
+        (!missing.is_empty()).then(|| format!("waiting for {}", missing.join(", ")))
     }
 
     /// Hot reload of entry `i` (see `Control::Reload`). Like a restart, but it also brings
