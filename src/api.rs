@@ -206,10 +206,7 @@ impl Api {
 
     /// Sends a request that answers with a message or an error; `Err` is the response to
     /// give when the loop is gone.
-    async fn ask(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<String, String>>) -> Control,
-    ) -> Result<Result<String, String>, Resp> {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Control) -> Result<T, Resp> {
         let gone = || error(StatusCode::SERVICE_UNAVAILABLE, "supervisor is stopping");
         let (tx, rx) = oneshot::channel();
         if self.shared.control.send(make(tx)).await.is_err() {
@@ -229,22 +226,15 @@ impl Api {
             .await;
         match answer {
             Ok(Ok(m)) => json_resp(StatusCode::OK, &json!({"ok": true, "message": m})),
-            Ok(Err(e)) if e.starts_with("unknown entry") => error(StatusCode::NOT_FOUND, e),
-            Ok(Err(e)) if action == Action::Run => {
-                // The step's own exit code, for `dmp-contained run STEP`'s exit status.
-                let code = self.status().await.and_then(|v| {
-                    v["entries"]
-                        .as_array()?
-                        .iter()
-                        .find(|x| x["name"] == name)
-                        .and_then(|x| x["last_exit"]["code"].as_i64())
-                });
-                json_resp(
-                    StatusCode::CONFLICT,
-                    &json!({ "error": e, "exit_code": code }),
-                )
+            Ok(Err(e)) if e.message.starts_with("unknown entry") => {
+                error(StatusCode::NOT_FOUND, e.message)
             }
-            Ok(Err(e)) => error(StatusCode::CONFLICT, e),
+            // The step's own exit code, for `dmp-contained run STEP`'s exit status.
+            Ok(Err(e)) if action == Action::Run => json_resp(
+                StatusCode::CONFLICT,
+                &json!({ "error": e.message, "exit_code": e.exit_code }),
+            ),
+            Ok(Err(e)) => error(StatusCode::CONFLICT, e.message),
             Err(resp) => resp,
         }
     }

@@ -47,13 +47,29 @@ impl std::str::FromStr for Action {
     }
 }
 
+/// Why a mutation did not succeed; `exit_code` is a failed oneshot's own code (for `run`).
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub message: String,
+    pub exit_code: Option<i32>,
+}
+
+impl From<String> for Refused {
+    fn from(message: String) -> Refused {
+        Refused {
+            message,
+            exit_code: None,
+        }
+    }
+}
+
 /// Requests to the control loop (from the API / CLI).
 pub enum Control {
     Status(oneshot::Sender<Value>),
     Act {
         action: Action,
         name: String,
-        reply: oneshot::Sender<Result<String, String>>,
+        reply: oneshot::Sender<Result<String, Refused>>,
     },
     Shutdown(oneshot::Sender<()>),
     /// Hot reload (src/watch.rs): restart the entry (re-run a oneshot) because `files` files
@@ -104,7 +120,7 @@ struct Rt {
     gen: u64,
     user_stopped: bool,
     runs: u32,
-    waiters: Vec<oneshot::Sender<Result<String, String>>>,
+    waiters: Vec<oneshot::Sender<Result<String, Refused>>>,
     /// Restart once the current stop completes.
     restart_after_stop: bool,
     /// Hot reloads waiting for this entry to be ready/done (or to fail).
@@ -600,14 +616,21 @@ impl Supervisor {
         tracing::error!("{name}: failed: {why}");
         self.rt[i].reason = Some(why.clone());
         self.set(i, State::Failed);
-        self.resolve_waiters(i, Err(why));
+        let exit_code = self.rt[i].last_exit.as_ref().and_then(|x| x.code);
+        self.resolve_waiters(
+            i,
+            Err(Refused {
+                message: why,
+                exit_code,
+            }),
+        );
         if self.entry(i).critical {
             tracing::error!("{name} is critical: shutting down with exit code {code}");
             self.begin_shutdown(Some(if code == 0 { 1 } else { code }));
         }
     }
 
-    fn resolve_waiters(&mut self, i: usize, r: Result<String, String>) {
+    fn resolve_waiters(&mut self, i: usize, r: Result<String, Refused>) {
         for w in self.rt[i].waiters.drain(..) {
             let _ = w.send(r.clone());
         }
@@ -636,7 +659,7 @@ impl Supervisor {
                     }
                     Ok(None) => self.rt[self.plan.index(&name).unwrap()].waiters.push(reply),
                     Err(e) => {
-                        let _ = reply.send(Err(e));
+                        let _ = reply.send(Err(e.into()));
                     }
                 }
             }
