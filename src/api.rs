@@ -750,11 +750,14 @@ pub async fn serve_tcp(api: Arc<Api>, listener: tokio::net::TcpListener) {
                     tracing::warn!("api accept: {e}");
                     last_warn = Some(std::time::Instant::now());
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
 }
+
+/// Named timer: pause after a failed accept (EMFILE and friends) instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 pub async fn serve_unix(api: Arc<Api>, listener: tokio::net::UnixListener) {
     loop {
@@ -764,7 +767,7 @@ pub async fn serve_unix(api: Arc<Api>, listener: tokio::net::UnixListener) {
             }
             Err(e) => {
                 tracing::warn!("socket accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }

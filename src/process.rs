@@ -121,12 +121,19 @@ pub fn group_alive(pgid: u32) -> bool {
     !matches!(kill(Pid::from_raw(-(pgid as i32)), None), Err(Errno::ESRCH))
 }
 
+/// Named timer of the group drain: no event says a process group became empty (its leftover
+/// members are reaped by the init shim, not by us), so emptiness is checked with `kill(-pgid, 0)`
+/// at 1, 2, 4 … ms, capped at 50 ms, only while a stop is in progress and never longer than the
+/// stop's budget + 2 s.
+const DRAIN_FIRST_CHECK: Duration = Duration::from_millis(1);
+const DRAIN_MAX_CHECK: Duration = Duration::from_millis(50);
+
 /// Waits until the group has no member (leftovers are reaped by the init shim), sending
 /// SIGKILL once `kill_after` has passed. Bounded: gives up after `kill_after` + 2 s.
 pub async fn drain_group(pgid: u32, kill_after: Duration) {
     let start = tokio::time::Instant::now();
     let mut killed = false;
-    let mut step = Duration::from_millis(1);
+    let mut step = DRAIN_FIRST_CHECK;
     while group_alive(pgid) {
         let elapsed = start.elapsed();
         if !killed && elapsed >= kill_after {
@@ -137,8 +144,7 @@ pub async fn drain_group(pgid: u32, kill_after: Duration) {
             tracing::warn!("process group {pgid} still has members after SIGKILL");
             return;
         }
-        // Group drain: no event tells us the last member is gone, so check with backoff.
         tokio::time::sleep(step).await;
-        step = (step * 2).min(Duration::from_millis(50));
+        step = (step * 2).min(DRAIN_MAX_CHECK);
     }
 }

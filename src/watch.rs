@@ -720,6 +720,10 @@ async fn run(shared: Arc<Shared>, idx: usize, w: Watch) {
     .await;
 }
 
+/// Named timer: how long after a new directory is reported it is walked again (its inotify
+/// watch exists by then), well under any sensible debounce.
+const REWALK_DELAY: Duration = Duration::from_millis(20);
+
 /// Walks new directories again a moment after their creation, when their watches exist.
 async fn rewalk(
     mut dirs: mpsc::UnboundedReceiver<PathBuf>,
@@ -729,7 +733,7 @@ async fn rewalk(
     while let Some(first) = dirs.recv().await {
         // notify adds the watch right after the batch that reported the directory; staying
         // well under any sensible debounce keeps these files in the train they belong to.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(REWALK_DELAY).await;
         let mut batch = vec![first];
         while let Ok(d) = dirs.try_recv() {
             batch.push(d);
