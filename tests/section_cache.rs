@@ -27,13 +27,6 @@ fn wait_up(s: &Sup, timeout: Duration) {
     });
 }
 
-/// Restarts a stopped supervisor on the same directory (same table, same cache dir).
-fn restart(s: &mut Sup, args: &[&str]) -> Sup {
-    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
-    let (port, config) = (s.port, s.config.clone());
-    Sup::spawn(dir, port, config, args, &[])
-}
-
 fn out(o: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -128,7 +121,7 @@ command = "exec sleep 60"
     assert_eq!(s.stop(), 0);
 
     // Same inputs: cached, with the same key; an uncached step runs again.
-    let mut s = restart(&mut s, &[]);
+    let mut s = s.restart(&[]);
     wait_up(&s, Duration::from_secs(10));
     let g = s.entry("gen");
     assert_eq!(g["state"], "cached");
@@ -151,13 +144,13 @@ command = "exec sleep 60"
         .unwrap();
     f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
     drop(f);
-    let mut s = restart(&mut s, &[]);
+    let mut s = s.restart(&[]);
     wait_up(&s, Duration::from_secs(10));
     assert_eq!(s.state("gen"), "cached");
     assert_eq!(runs2("gen"), 2);
     assert_eq!(s.stop(), 0);
     std::fs::write(s.path("extra/x.txt"), "y").unwrap();
-    let mut s = restart(&mut s, &[]);
+    let mut s = s.restart(&[]);
     wait_up(&s, Duration::from_secs(10));
     assert_eq!(s.state("gen"), "done");
     assert_eq!(s.state("use"), "done");
@@ -166,12 +159,12 @@ command = "exec sleep 60"
 
     // A missing output is a miss; --fresh ignores the cache; `cache clear STEP` forgets it.
     std::fs::remove_file(s.path("out.txt")).unwrap();
-    let mut s = restart(&mut s, &[]);
+    let mut s = s.restart(&[]);
     wait_up(&s, Duration::from_secs(10));
     assert_eq!(s.state("gen"), "done");
     assert_eq!(s.state("use"), "cached");
     assert_eq!(s.stop(), 0);
-    let mut s = restart(&mut s, &["--fresh"]);
+    let mut s = s.restart(&["--fresh"]);
     wait_up(&s, Duration::from_secs(10));
     assert_eq!(
         (s.state("gen"), s.state("use")),
@@ -180,7 +173,7 @@ command = "exec sleep 60"
     assert_eq!(s.stop(), 0);
     let o = s.cli(&["cache", "clear", "use"]);
     assert!(o.status.success(), "{}", out(&o));
-    let mut s = restart(&mut s, &[]);
+    let mut s = s.restart(&[]);
     wait_up(&s, Duration::from_secs(10));
     assert_eq!(
         (s.state("gen"), s.state("use")),
@@ -192,7 +185,7 @@ command = "exec sleep 60"
     let cache = s.path("cache");
     std::fs::remove_dir_all(&cache).unwrap();
     std::fs::write(&cache, "not a dir").unwrap();
-    let mut s = restart(&mut s, &[]);
+    let mut s = s.restart(&[]);
     wait_up(&s, Duration::from_secs(10));
     assert_eq!(
         (s.state("gen"), s.state("use")),
@@ -463,7 +456,7 @@ fn postgres_seed_is_cached_restored_invalidated_and_snapshotted() {
     std::fs::remove_dir_all(s.path("pg/data")).unwrap();
     std::fs::remove_dir_all(s.path("search")).unwrap();
     let t = Instant::now();
-    let mut s = restart(&mut s, &[]);
+    let mut s = s.restart(&[]);
     wait_up(&s, Duration::from_secs(120));
     let warm = t.elapsed();
     for n in CHAIN.iter().chain(&["assets"]) {
@@ -498,7 +491,7 @@ fn postgres_seed_is_cached_restored_invalidated_and_snapshotted() {
 
     // 4. Editing the SQL invalidates the imports and everything after them, nothing else.
     write_test_data(&s.path("test_data.sql"), 8);
-    let mut s = restart(&mut s, &[]);
+    let mut s = s.restart(&[]);
     wait_up(&s, Duration::from_secs(240));
     for n in ["import_app", "import_test", "migrate", "index"] {
         assert_eq!(s.state(n), "done", "{n}");
@@ -525,7 +518,7 @@ fn postgres_seed_is_cached_restored_invalidated_and_snapshotted() {
     };
     let snaps_before = snaps(s.dir.path());
     assert_eq!(snaps_before, 2);
-    let mut s = restart(&mut s, &[]);
+    let mut s = s.restart(&[]);
     wait_for("import_app to run", Duration::from_secs(60), || {
         let e = s.entry("import_app");
         (e["state"] == "running" && e["pid"].is_u64()).then_some(())

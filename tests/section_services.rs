@@ -127,15 +127,8 @@ fn postgres_redis_nginx_become_ready_restart_and_stop_cleanly() {
     );
 
     // Next start: no crash recovery.
-    let port2 = free_port();
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        &format!("127.0.0.1:{port}\""),
-        &format!("127.0.0.1:{port2}\""),
-    );
-    std::fs::write(&cfg, text).unwrap();
-    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
+    let mut s2 = s.restart(&["--only", "postgres"]);
     drop(s);
-    let mut s2 = Sup::spawn(dir, port2, cfg, &["--only", "postgres"], &[]);
     s2.wait_state("postgres", "ready", Duration::from_secs(60));
     assert_eq!(s2.stop(), 0);
     let out = s2.stdout_text();

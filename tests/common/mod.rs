@@ -107,6 +107,13 @@ impl Sup {
         s
     }
 
+    /// Starts a new supervisor on the same directory (same table, cache and data) after this
+    /// one has exited.
+    pub fn restart(&mut self, args: &[&str]) -> Sup {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Sup::spawn(dir, self.port, self.config.clone(), args, &[])
+    }
+
     fn try_exit_code_peek(&self) -> Option<i32> {
         // Non-consuming check through /proc: a zombie or missing pid means it exited.
         let pid = self.child.as_ref()?.id();
