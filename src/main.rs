@@ -431,10 +431,8 @@ fn render_template(
 ) -> Result<(), String> {
     let src = std::fs::read_to_string(&t.src).map_err(|e| e.to_string())?;
     let out = interp::expand(&src, &|n| vars.get(n).cloned())?;
-    if let Some(d) = t.dest.parent() {
-        std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
-    }
-    std::fs::write(&t.dest, out).map_err(|e| format!("{}: {e}", t.dest.display()))
+    // Atomic: a service re-reading its config never sees half a file.
+    cache::write_atomic(&t.dest, out.as_bytes()).map_err(|e| format!("{}: {e}", t.dest.display()))
 }
 
 fn client(cmd: Cmd, config: &std::path::Path, socket: Option<&std::path::Path>) -> i32 {
