@@ -3,7 +3,7 @@
 
 use crate::supervisor::{Action, Control, Shared};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -817,12 +817,4 @@ pub fn load_token(token_env: &str) -> Option<String> {
     let t = std::fs::read_to_string(f).ok()?;
     let t = t.trim();
     (!t.is_empty()).then(|| t.to_string())
-}
-
-/// Collects a small response body (client side).
-pub async fn body_string(b: Incoming) -> String {
-    b.collect()
-        .await
-        .map(|c| String::from_utf8_lossy(&c.to_bytes()).into_owned())
-        .unwrap_or_default()
 }

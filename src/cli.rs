@@ -1,6 +1,5 @@
 //! The client side of the same binary: talks HTTP over the Unix socket.
 
-use crate::api::body_string;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
@@ -330,4 +329,12 @@ pub fn socket_path(flag: Option<&Path>, config: &Path) -> std::path::PathBuf {
         }
     }
     "/run/dmp-contained.sock".into()
+}
+
+/// Collects a small response body.
+async fn body_string(b: hyper::body::Incoming) -> String {
+    b.collect()
+        .await
+        .map(|c| String::from_utf8_lossy(&c.to_bytes()).into_owned())
+        .unwrap_or_default()
 }
