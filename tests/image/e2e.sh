@@ -101,7 +101,10 @@ docker stop "$c1" >/dev/null
 stop_s=$(since "$t")
 record "docker stop (nothing mounted)" "$stop_s s (exit code $(docker inspect -f '{{.State.ExitCode}}' "$c1"))"
 awk -v s="$stop_s" 'BEGIN { exit !(s < 10) }' || fail "docker stop took ${stop_s}s (>= 10 s: SIGKILLed)"
-docker logs "$c1" 2>&1 | grep -q 'database system is shut down' || fail "no clean Postgres shutdown in the logs"
+# Logs captured first: `docker logs | grep -q` under pipefail fails whenever grep exits before
+# docker logs has written everything (SIGPIPE).
+logs1=$(docker logs "$c1" 2>&1)
+grep -q 'database system is shut down' <<<"$logs1" || fail "no clean Postgres shutdown in the logs"
 
 t=$(now)
 docker start "$c1" >/dev/null

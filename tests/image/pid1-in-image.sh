@@ -111,7 +111,7 @@ start_bg() {
 wait_log() {
     local c=$1 pat=$2 limit=$3 t
     t=$(now)
-    until docker logs "$c" 2>&1 | grep -q -- "$pat"; do
+    until grep -q -- "$pat" <<<"$(docker logs "$c" 2>&1)"; do
         lt "$(since "$t")" "$limit" || return 1
         [ "$(docker inspect -f '{{.State.Running}}' "$c" 2>/dev/null)" = true ] || return 1
         sleep 0.1
@@ -172,7 +172,7 @@ if start_bg c1 "$IMAGE" up --config /t/trap.toml && wait_log "$c" 'svc | svc-up'
     code=$(docker inspect -f '{{.State.ExitCode}}' "$c")
     [ "$code" = 0 ] && ok "exit code 0" || bad "exit code $code, wanted 0"
     lt "$took" 10 && ok "docker stop took ${took}s" || bad "docker stop took ${took}s (>= 10 s: SIGKILLed by Docker)"
-    docker logs "$c" 2>&1 | grep -q 'svc | got-term' && ok "service saw TERM" || bad "no 'svc | got-term' in docker logs"
+    grep -q 'svc | got-term' <<<"$(docker logs "$c" 2>&1)" && ok "service saw TERM" || bad "no 'svc | got-term' in docker logs"
 else
     bad "service did not come up"; docker logs "$c" 2>&1 | tail -n 20
 fi
