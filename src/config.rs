@@ -502,11 +502,11 @@ pub fn parse(
             }
             Some(u) => {
                 let u = x(&mut errs, &span, "user", u);
-                match nix::unistd::User::from_name(&u) {
+                match lookup_user(&u) {
                     Ok(Some(pw)) => {
                         let mut gid = pw.gid.as_raw();
                         if let Some(g) = &r.group {
-                            match nix::unistd::Group::from_name(g) {
+                            match lookup_group(g) {
                                 Ok(Some(gr)) => gid = gr.gid.as_raw(),
                                 _ => {
                                     errs.key(&span, "group", format!("{ctx}: unknown group `{g}`"))
@@ -639,6 +639,14 @@ pub fn parse(
                 });
             }
             if let Some(c) = &p.exec {
+                if c.is_empty() || c[0].is_empty() {
+                    errs.key(
+                        &span,
+                        key,
+                        format!("{ctx}: {key}.exec is empty (give the command and its arguments, e.g. [\"pg_isready\"])"),
+                    );
+                    return None;
+                }
                 kinds.push(ProbeKind::Exec(
                     c.iter().map(|a| x(errs, &span, "exec", a)).collect(),
                 ));
@@ -1014,6 +1022,24 @@ pub fn find_executable(cmd: &str, cwd: &Path, path_var: &str) -> Option<PathBuf>
         .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(cmd))
         .find(|p| is_exec(p))
+}
+
+/// Longest user or group name looked up (LOGIN_NAME_MAX): libc's lookup of a huge name
+/// would grow its buffer until the allocation aborts the process.
+const MAX_ACCOUNT_NAME: usize = 256;
+
+fn lookup_user(name: &str) -> nix::Result<Option<nix::unistd::User>> {
+    if name.len() > MAX_ACCOUNT_NAME {
+        return Ok(None);
+    }
+    nix::unistd::User::from_name(name)
+}
+
+fn lookup_group(name: &str) -> nix::Result<Option<nix::unistd::Group>> {
+    if name.len() > MAX_ACCOUNT_NAME {
+        return Ok(None);
+    }
+    nix::unistd::Group::from_name(name)
 }
 
 pub fn parse_signal(s: &str) -> Option<nix::sys::signal::Signal> {

@@ -1,7 +1,14 @@
-//! Spawning an entry in its own process group, and stopping that group completely.
+//! Spawning an entry in its own process group, and stopping every process it started.
+//!
+//! A process group misses whatever called `setsid()` (every Postgres child, double-forking
+//! daemons). So every entry's processes also carry a marker in their environment,
+//! `DMP_CONTAINED_ENTRY=<name>:<supervisor instance>`, inherited by all descendants, and an
+//! entry's members are found in one /proc scan: its group, every process bearing its marker,
+//! and every descendant of those (Postgres children overwrite their environment with their
+//! process title, but stay children of the marked postmaster). When a marked leader died,
+//! its unmarked orphans (children of the init shim with no marker left) are members too.
 
 use crate::plan::Entry;
-use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
@@ -78,6 +85,7 @@ pub fn spawn(entry: &Entry) -> std::io::Result<Child> {
         .current_dir(&entry.cwd)
         .env_clear()
         .envs(entry.env.iter().map(|(k, v)| (k, v)))
+        .env(MARKER_ENV, marker(&entry.name))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -117,34 +125,176 @@ pub fn signal_group(pgid: u32, sig: Signal) {
     }
 }
 
-pub fn group_alive(pgid: u32) -> bool {
-    !matches!(kill(Pid::from_raw(-(pgid as i32)), None), Err(Errno::ESRCH))
-}
-
-/// Named timer of the group drain: no event says a process group became empty (its leftover
-/// members are reaped by the init shim, not by us), so emptiness is checked with `kill(-pgid, 0)`
-/// at 1, 2, 4 … ms, capped at 50 ms, only while a stop is in progress and never longer than the
-/// stop's budget + 2 s.
+/// Named timer of the member drain: no event says an entry's processes are all gone (its
+/// leftover members are reaped by the init shim, not by us), so emptiness is checked with a
+/// /proc scan at 1, 2, 4 … ms, capped at 50 ms, only while a stop is in progress and never
+/// longer than the stop's deadline + 1 s.
 const DRAIN_FIRST_CHECK: Duration = Duration::from_millis(1);
 const DRAIN_MAX_CHECK: Duration = Duration::from_millis(50);
 
-/// Waits until the group has no member (leftovers are reaped by the init shim), sending
-/// SIGKILL once `kill_after` has passed. Bounded: gives up after `kill_after` + 2 s.
-pub async fn drain_group(pgid: u32, kill_after: Duration) {
-    let start = tokio::time::Instant::now();
-    let mut killed = false;
+/// Environment variable inherited by every process an entry starts.
+pub const MARKER_ENV: &str = "DMP_CONTAINED_ENTRY";
+
+/// This supervisor instance: its pid and start time, so markers of another supervisor
+/// (another pid namespace, an earlier run) never match ours.
+fn instance() -> &'static str {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| format!("{}-{}", std::process::id(), crate::logs::now_ms()))
+}
+
+/// The marker value of entry `name` in this supervisor instance.
+pub fn marker(name: &str) -> String {
+    format!("{name}:{}", instance())
+}
+
+/// One process as seen in /proc.
+struct ProcInfo {
+    pid: i32,
+    ppid: i32,
+    pgrp: i32,
+    /// The `DMP_CONTAINED_ENTRY` value, if its environment (still) has one.
+    marker: Option<String>,
+}
+
+fn proc_info(pid: i32) -> Option<ProcInfo> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat[stat.rfind(')')? + 2..].split(' ');
+    let state = rest.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    let ppid = rest.next()?.parse().ok()?;
+    let pgrp = rest.next()?.parse().ok()?;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let prefix = format!("{MARKER_ENV}=");
+    let marker = environ
+        .split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    Some(ProcInfo {
+        pid,
+        ppid,
+        pgrp,
+        marker,
+    })
+}
+
+fn all_procs() -> Vec<ProcInfo> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|d| d.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(proc_info)
+        .collect()
+}
+
+/// Every live (non-zombie) process of the entry marked `marker` whose group is `pgid`:
+/// the group, the marked processes, their descendants, and, when `orphans_of` is given
+/// (the reaper orphans are reparented to: the init shim), that reaper's unmarked children.
+pub fn members(marker: &str, pgid: Option<u32>, orphans_of: Option<i32>) -> Vec<i32> {
+    let procs = all_procs();
+    let me = std::process::id() as i32;
+    let mut set: std::collections::BTreeSet<i32> = procs
+        .iter()
+        .filter(|p| {
+            p.pid != me
+                && (p.marker.as_deref() == Some(marker)
+                    || pgid.is_some_and(|g| p.pgrp == g as i32)
+                    || (orphans_of == Some(p.ppid) && p.marker.is_none()))
+        })
+        .map(|p| p.pid)
+        .collect();
+    // Descendants, to a fixed point (a child may be listed before its parent).
+    loop {
+        let before = set.len();
+        for p in &procs {
+            if p.pid != me && set.contains(&p.ppid) {
+                set.insert(p.pid);
+            }
+        }
+        if set.len() == before {
+            return set.into_iter().collect();
+        }
+    }
+}
+
+/// Sends `sig` to each process (and SIGCONT so a stopped one can act on it).
+pub fn signal_each(pids: &[i32], sig: Signal) {
+    for &pid in pids {
+        let _ = kill(Pid::from_raw(pid), sig);
+        if sig != Signal::SIGKILL && sig != Signal::SIGCONT {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+        }
+    }
+}
+
+/// The stop of the entry's escaped processes (those outside its group): `sig` now, SIGKILL
+/// at `kill_at`, then waits (same named timer as the group drain) until none is left, bounded
+/// by `kill_at` + 1 s. Returns how many were found.
+pub async fn stop_members(
+    marker: &str,
+    pgid: Option<u32>,
+    orphans_of: Option<i32>,
+    sig: Signal,
+    kill_at: tokio::time::Instant,
+) -> usize {
+    let found = members(marker, pgid, orphans_of);
+    if found.is_empty() {
+        return 0;
+    }
+    signal_each(&found, sig);
+    let mut killed = sig == Signal::SIGKILL;
     let mut step = DRAIN_FIRST_CHECK;
-    while group_alive(pgid) {
-        let elapsed = start.elapsed();
-        if !killed && elapsed >= kill_after {
-            signal_group(pgid, Signal::SIGKILL);
+    loop {
+        let left = members(marker, pgid, orphans_of);
+        if left.is_empty() {
+            return found.len();
+        }
+        let now = tokio::time::Instant::now();
+        if !killed && now >= kill_at {
+            tracing::warn!(
+                "{} process(es) of `{}` still running at the stop deadline: SIGKILL",
+                left.len(),
+                marker.split(':').next().unwrap_or(marker)
+            );
+            signal_each(&left, Signal::SIGKILL);
             killed = true;
+            step = DRAIN_FIRST_CHECK;
         }
-        if elapsed >= kill_after + Duration::from_secs(2) {
-            tracing::warn!("process group {pgid} still has members after SIGKILL");
-            return;
+        if now >= kill_at + Duration::from_secs(1) {
+            tracing::warn!("{} process(es) still present after SIGKILL", left.len());
+            return found.len();
         }
-        tokio::time::sleep(step).await;
+        let wake = if killed {
+            now + step
+        } else {
+            (now + step).min(kill_at)
+        };
+        tokio::time::sleep_until(wake).await;
         step = (step * 2).min(DRAIN_MAX_CHECK);
     }
+}
+
+/// Synchronous SIGKILL of every member (used when a runner task is lost).
+pub fn kill_members(marker: &str, pgid: Option<u32>) {
+    signal_each(&members(marker, pgid, None), Signal::SIGKILL);
+}
+
+/// The init shim that orphans are reparented to, while it is still our parent (never the
+/// host's init: its unmarked children are not ours).
+pub fn shim_pid() -> Option<i32> {
+    static SHIM: std::sync::OnceLock<Option<i32>> = std::sync::OnceLock::new();
+    let shim = *SHIM.get_or_init(|| {
+        std::env::var_os(crate::pid1::ROLE_ENV).map(|_| nix::unistd::getppid().as_raw())
+    });
+    shim.filter(|&p| p == nix::unistd::getppid().as_raw() && p != 0)
+}
+
+/// Marked processes of the entry outside its process group (escaped with `setsid()`).
+pub fn escaped(marker: &str, pgid: u32) -> Vec<i32> {
+    all_procs()
+        .into_iter()
+        .filter(|p| p.marker.as_deref() == Some(marker) && p.pgrp != pgid as i32)
+        .map(|p| p.pid)
+        .collect()
 }

@@ -37,6 +37,12 @@ pub enum EventKind {
     },
     /// A requested stop has completed (the group is empty).
     StopDone,
+    /// The runner task panicked: the entry's processes were killed, and a new runner
+    /// listens on `cmds` (src/runner.rs `spawn_supervised`).
+    Lost {
+        reason: String,
+        cmds: mpsc::UnboundedSender<RunnerCmd>,
+    },
 }
 
 /// Why a process ended.
@@ -58,11 +64,62 @@ pub struct Event {
 
 pub struct Runner {
     pub idx: usize,
+    /// `DMP_CONTAINED_ENTRY` value of this entry's processes (src/process.rs).
+    pub marker: String,
     pub entry: Arc<Entry>,
     pub log: Arc<EntryLog>,
     pub out: Arc<Output>,
     pub events: mpsc::UnboundedSender<Event>,
     pub cmds: mpsc::UnboundedReceiver<RunnerCmd>,
+}
+
+/// Spawns the runner of an entry under a watcher task: a panic in the runner (a bug) becomes
+/// a `Lost` event instead of an entry that can never stop. Returns the command channel.
+pub fn spawn_supervised(
+    idx: usize,
+    entry: Arc<Entry>,
+    log: Arc<EntryLog>,
+    out: Arc<Output>,
+    events: mpsc::UnboundedSender<Event>,
+) -> mpsc::UnboundedSender<RunnerCmd> {
+    let (tx, mut cmds) = mpsc::unbounded_channel();
+    let marker = process::marker(&entry.name);
+    tokio::spawn(async move {
+        loop {
+            let runner = Runner {
+                idx,
+                marker: marker.clone(),
+                entry: entry.clone(),
+                log: log.clone(),
+                out: out.clone(),
+                events: events.clone(),
+                cmds,
+            };
+            let err = match tokio::spawn(runner.run()).await {
+                Err(e) if e.is_panic() => e,
+                _ => return,
+            };
+            let reason = panic_message(err.into_panic());
+            process::kill_members(&marker, None);
+            let (tx, rx) = mpsc::unbounded_channel();
+            cmds = rx;
+            let kind = EventKind::Lost {
+                reason: format!("internal error (runner panicked: {reason})"),
+                cmds: tx,
+            };
+            if events.send(Event { idx, kind }).is_err() {
+                return;
+            }
+        }
+    });
+    tx
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 impl Runner {
@@ -172,10 +229,19 @@ impl Runner {
                 },
             }
         };
-        // Nothing of the group may outlive its leader (nginx workers, forked helpers).
-        if process::group_alive(pid) {
-            process::signal_group(pid, Signal::SIGKILL);
-            process::drain_group(pid, Duration::ZERO).await;
+        // Nothing the entry started may outlive its leader (nginx workers, forked helpers,
+        // daemons that left the group, Postgres children keeping its shared memory): all
+        // gone before `Exited` is reported, so before any restart.
+        let n = process::stop_members(
+            &self.marker,
+            Some(pid),
+            process::shim_pid(),
+            Signal::SIGKILL,
+            Instant::now(),
+        )
+        .await;
+        if n > 0 {
+            tracing::info!("{}: killed {n} leftover process(es)", self.entry.name);
         }
         // Let the pumps flush the last lines, bounded: a leaked pipe must not block us.
         for p in pumps.into_iter().flatten() {
@@ -197,6 +263,8 @@ impl Runner {
     ) -> ExitInfo {
         let sig = self.entry.stop_signal;
         process::signal_group(pgid, sig);
+        // Daemons that left the group get the stop request too.
+        process::signal_each(&process::escaped(&self.marker, pgid), sig);
         let sleep = tokio::time::sleep_until(deadline);
         tokio::pin!(sleep);
         let mut killed = false;
@@ -204,8 +272,8 @@ impl Runner {
             tokio::select! {
                 st = child.wait() => {
                     let exit = st.map(ExitInfo::from_status).unwrap_or_else(|_| unknown_exit());
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    process::drain_group(pgid, left).await;
+                    let kill_at = if killed { Instant::now() } else { deadline };
+                    process::stop_members(&self.marker, Some(pgid), process::shim_pid(), sig, kill_at).await;
                     return exit;
                 }
                 _ = &mut sleep, if !killed => {
@@ -229,5 +297,60 @@ fn unknown_exit() -> ExitInfo {
         code: None,
         signal: None,
         at: crate::logs::now_ms(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::Format;
+    use crate::plan::ProbeKind;
+
+    fn gone(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+    }
+
+    /// A bug in a runner (here: an exec probe with no command, which `check` now rejects)
+    /// panics its task: the entry's process is killed, a `Lost` event carries a fresh runner,
+    /// and that runner obeys commands (so the supervisor can still stop everything).
+    #[tokio::test]
+    async fn a_panicking_runner_is_an_event_and_its_processes_are_killed() {
+        let env = std::env::vars().collect();
+        let src = "[process.a]\ncommand = [\"sleep\", \"1000\"]\nready = { exec = [\"true\"] }\n";
+        let mut plan = crate::config::parse(std::path::Path::new("/tmp/t.toml"), src, &env)
+            .map_err(|e| e.to_string())
+            .unwrap();
+        let mut entry = plan.entries.remove(0);
+        entry.ready.as_mut().unwrap().kind = ProbeKind::Exec(vec![]);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let log = EntryLog::new("a", 0, 100);
+        let out = Output::stdout(Format::Json);
+        let cmds = spawn_supervised(0, Arc::new(entry), log, out, tx);
+        cmds.send(RunnerCmd::Start).unwrap();
+        let mut pid = None;
+        let fresh = loop {
+            match rx.recv().await.unwrap().kind {
+                EventKind::Spawned { pid: p } => pid = Some(p),
+                EventKind::Lost { reason, cmds } => {
+                    assert!(reason.contains("panicked"), "{reason}");
+                    break cmds;
+                }
+                _ => {}
+            }
+        };
+        let pid = pid.expect("spawned before the panic");
+        let start = Instant::now();
+        while !gone(pid) {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "pid {pid} still alive"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        fresh.send(RunnerCmd::Stop { deadline }).unwrap();
+        assert!(matches!(rx.recv().await.unwrap().kind, EventKind::StopDone));
     }
 }

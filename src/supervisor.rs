@@ -5,7 +5,7 @@
 use crate::logs::{EntryLog, Output};
 use crate::plan::{Entry, Kind, Plan};
 use crate::process::ExitInfo;
-use crate::runner::{Cause, Event, EventKind, Runner, RunnerCmd};
+use crate::runner::{Cause, Event, EventKind, RunnerCmd};
 use crate::state::{Decision, RestartHistory, State};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -149,6 +149,9 @@ pub struct Supervisor {
     stop_requested_at: Option<Instant>,
     watch: Vec<Arc<crate::watch::WatchState>>,
     cache: cache_hooks::CacheCtl,
+    /// The init shim's stop plan file (`DMP_CONTAINED_STOP_PLAN`) and what it holds.
+    stop_plan: Option<std::path::PathBuf>,
+    stop_plan_written: String,
 }
 
 /// A second SIGTERM/SIGINT means "kill now" only when it comes after this window.
@@ -166,20 +169,16 @@ impl Supervisor {
             .enumerate()
             .map(|(i, e)| EntryLog::new(&e.name, i, plan.settings.log_lines))
             .collect();
-        let mut runners = Vec::new();
-        for (idx, e) in plan.entries.iter().enumerate() {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let r = Runner {
-                idx,
-                entry: Arc::new(e.clone()),
-                log: logs[idx].clone(),
-                out: out.clone(),
-                events: ev_tx.clone(),
-                cmds: rx,
-            };
-            tokio::spawn(r.run());
-            runners.push(tx);
-        }
+        crate::process::shim_pid();
+        let runners = plan
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(idx, e)| {
+                let (entry, log) = (Arc::new(e.clone()), logs[idx].clone());
+                crate::runner::spawn_supervised(idx, entry, log, out.clone(), ev_tx.clone())
+            })
+            .collect();
         let started = Instant::now();
         let watch = crate::watch::WatchState::for_plan(&plan);
         let shared = Arc::new(Shared {
@@ -214,6 +213,8 @@ impl Supervisor {
             stop_requested_at: None,
             watch,
             cache,
+            stop_plan: std::env::var_os(crate::pid1::STOP_PLAN_ENV).map(Into::into),
+            stop_plan_written: String::new(),
         };
         (sup, shared)
     }
@@ -248,9 +249,7 @@ impl Supervisor {
 
     /// Runs until everything is stopped; returns the exit code.
     pub async fn run(mut self) -> i32 {
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        let mut signals = listen_signals();
         self.schedule();
         loop {
             if self.finished() {
@@ -260,11 +259,10 @@ impl Supervisor {
                 Some(ev) = self.events.recv() => self.on_event(ev),
                 Some(i) = self.internal.recv() => self.on_internal(i),
                 Some(c) = self.control.recv() => self.on_control(c),
-                _ = term.recv() => self.on_signal("SIGTERM"),
-                _ = int.recv() => self.on_signal("SIGINT"),
-                _ = hup.recv() => tracing::info!("SIGHUP ignored (config reload is not supported; restart the container)"),
+                Some(sig) = signals.recv() => self.on_any_signal(sig),
             }
             self.schedule();
+            self.write_stop_plan();
         }
         for w in self.shutdown_waiters.drain(..) {
             let _ = w.send(());
@@ -280,6 +278,98 @@ impl Supervisor {
         });
         tracing::info!("all entries stopped; exiting with code {code}");
         code
+    }
+
+    /// Every catchable signal has a deliberate effect (README "Signals").
+    fn on_any_signal(&mut self, sig: i32) {
+        let name = signal_name(sig);
+        match sig {
+            libc::SIGTERM | libc::SIGINT | libc::SIGQUIT => self.on_signal(&name),
+            libc::SIGHUP => tracing::info!(
+                "SIGHUP ignored (config reload is not supported; restart the container)"
+            ),
+            libc::SIGUSR1 => {
+                tracing::info!("SIGUSR1: nothing to reopen (service output goes to stdout and the in-memory log ring)")
+            }
+            libc::SIGUSR2 => eprint!("{}", self.status_text()),
+            libc::SIGWINCH | libc::SIGURG | libc::SIGCONT => {
+                tracing::debug!("{name} ignored")
+            }
+            _ => tracing::warn!("{name} ignored"),
+        }
+    }
+
+    /// One line per entry (SIGUSR2).
+    fn status_text(&self) -> String {
+        let mut s = format!(
+            "dmp-contained status (SIGUSR2): {}\n",
+            self.status()["supervisor"]["state"]
+                .as_str()
+                .unwrap_or_default()
+        );
+        for i in 0..self.rt.len() {
+            let pid = self.rt[i].pid.map(|p| p.to_string()).unwrap_or("-".into());
+            s += &format!(
+                "  {:<24} {:<9} pid {:<8} restarts {}\n",
+                self.entry(i).name,
+                state_name(self.state(i)),
+                pid,
+                self.rt[i].restarts
+            );
+        }
+        s
+    }
+
+    /// Keeps the init shim's stop plan current (src/pid1.rs `StopPlan`): what to stop, with
+    /// which signal, in which order, should this process be killed.
+    fn write_stop_plan(&mut self) {
+        let Some(path) = &self.stop_plan else {
+            return;
+        };
+        let entries = self
+            .stop_order()
+            .into_iter()
+            .filter_map(|i| {
+                let e = self.entry(i);
+                Some(crate::pid1::PlannedStop {
+                    signal: e.stop_signal,
+                    timeout: e.stop_timeout,
+                    pgid: self.rt[i].pid?,
+                    marker: crate::process::marker(&e.name),
+                })
+            })
+            .collect();
+        let text = crate::pid1::StopPlan {
+            budget: self.plan.settings.shutdown_timeout,
+            entries,
+        }
+        .render();
+        if text != self.stop_plan_written {
+            if let Err(e) = crate::cache::write_atomic(path, text.as_bytes()) {
+                tracing::warn!("cannot write the stop plan {}: {e}", path.display());
+            }
+            self.stop_plan_written = text;
+        }
+    }
+
+    /// Dependents before their dependencies (the reverse of a topological order).
+    fn stop_order(&self) -> Vec<usize> {
+        fn visit(p: &Plan, i: usize, seen: &mut Vec<bool>, out: &mut Vec<usize>) {
+            if std::mem::replace(&mut seen[i], true) {
+                return;
+            }
+            for d in &p.entries[i].after {
+                visit(p, d.idx, seen, out);
+            }
+            out.push(i);
+        }
+        let mut seen = vec![false; self.rt.len()];
+        let mut out = Vec::new();
+        for i in 0..self.rt.len() {
+            visit(&self.plan, i, &mut seen, &mut out);
+        }
+        out.reverse();
+        out
     }
 
     fn on_signal(&mut self, name: &str) {
@@ -305,7 +395,11 @@ impl Supervisor {
 
     fn begin_shutdown(&mut self, code: Option<i32>) {
         if self.stopping.is_none() {
-            let deadline = tokio::time::Instant::now() + self.plan.settings.shutdown_timeout;
+            // Everything is killed a little before the budget ends, so that draining, exiting
+            // and the init shim's sweep still fit in it (`docker stop` allows 10 s).
+            let budget = self.plan.settings.shutdown_timeout;
+            let reserve = (budget / 5).min(Duration::from_secs(1));
+            let deadline = tokio::time::Instant::now() + budget - reserve;
             self.stopping = Some(deadline);
             if code.is_some() {
                 self.exit_code = code;
@@ -512,6 +606,27 @@ impl Supervisor {
                     at: crate::logs::now_ms(),
                 };
                 self.after_exit(i, exit, Some(msg));
+            }
+            EventKind::Lost { reason, cmds } => {
+                self.runners[i] = cmds;
+                self.rt[i].pid = None;
+                tracing::error!("{name}: {reason}; its processes were killed");
+                self.logs[i].note(&self.out, format!("[dmp-contained] {reason}"));
+                match self.state(i) {
+                    State::Stopping => self.on_event(Event {
+                        idx: i,
+                        kind: EventKind::StopDone,
+                    }),
+                    State::Starting | State::Ready | State::Running => {
+                        let exit = ExitInfo {
+                            code: None,
+                            signal: None,
+                            at: crate::logs::now_ms(),
+                        };
+                        self.after_exit(i, exit, Some(reason));
+                    }
+                    _ => {}
+                }
             }
             EventKind::StopDone => {
                 if self.state(i) == State::Stopping {
@@ -917,6 +1032,43 @@ impl Supervisor {
         for w in self.rt[i].reload_waiters.drain(..) {
             let _ = w.send(r.clone());
         }
+    }
+}
+
+/// Every catchable signal but CHLD (tokio's reaping), PIPE (ignored: writes fail with
+/// EPIPE instead) and the fault signals ILL, FPE, SEGV, BUS (a handler would loop on a real
+/// fault), as one stream of signal numbers.
+fn listen_signals() -> mpsc::UnboundedReceiver<i32> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let skip = [
+        libc::SIGKILL,
+        libc::SIGSTOP,
+        libc::SIGCHLD,
+        libc::SIGPIPE,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGSEGV,
+        libc::SIGBUS,
+    ];
+    let sigs = (1..32).chain(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    for sig in sigs.filter(|s| !skip.contains(s)) {
+        match signal(SignalKind::from_raw(sig)) {
+            Ok(mut stream) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while stream.recv().await.is_some() && tx.send(sig).is_ok() {}
+                });
+            }
+            Err(e) => tracing::warn!("cannot handle {}: {e}", signal_name(sig)),
+        }
+    }
+    rx
+}
+
+fn signal_name(sig: i32) -> String {
+    match nix::sys::signal::Signal::try_from(sig) {
+        Ok(s) => s.as_str().to_string(),
+        Err(_) => format!("SIGRTMIN+{}", sig - libc::SIGRTMIN()),
     }
 }
 
