@@ -159,9 +159,9 @@ ready = {{ postgres = "host=127.0.0.1 port={port} user=postgres dbname=postgres"
     body
 }
 
-/// Processes of the chaos sleeper the table keeps when everything is ready: plain 1,
-/// shell 1, workers 3 + 1 escaped, app 1.
-const STEADY_SLEEPERS: usize = 7;
+/// Processes whose command line names the chaos sleeper when everything is ready: plain 1,
+/// app 1, shell 2 (sh and its sleeper), workers 5 (sh, 3 in its group, 1 escaped).
+const STEADY_SLEEPERS: usize = 9;
 
 fn all_ready(st: &serde_json::Value) -> bool {
     st["entries"]
@@ -240,9 +240,22 @@ fn bounded_random_sigkills_all_recover_without_storms_or_leaks() {
         .iter()
         .map(|e| e["restarts"].as_u64().unwrap_or(0))
         .sum();
-    wait_for("no leaked process", Duration::from_secs(5), || {
-        (count_cmdline(&sleeper) == STEADY_SLEEPERS).then_some(())
-    });
+    let leak_check = Instant::now();
+    while count_cmdline(&sleeper) != STEADY_SLEEPERS {
+        let n = count_cmdline(&sleeper);
+        let tree = Command::new("ps")
+            .args(["-eo", "pid,ppid,pgid,sid,stat,args"])
+            .output()
+            .unwrap();
+        let tree = String::from_utf8_lossy(&tree.stdout).into_owned();
+        let ours: Vec<&str> = tree.lines().filter(|l| l.contains(&sleeper)).collect();
+        assert!(
+            leak_check.elapsed() < Duration::from_secs(5),
+            "{n} sleepers, want {STEADY_SLEEPERS}:\n{}\n{st}",
+            ours.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     wait_for("no zombie", Duration::from_secs(2), || {
         (zombies(shim, sup) == 0).then_some(())
     });
