@@ -82,24 +82,7 @@ pub fn run_shim() -> ! {
         }
     };
 
-    let mut status: Option<WaitStatus> = None;
-    while status.is_none() {
-        for sig in signals.wait() {
-            if sig == SIGCHLD {
-                status = reap(Some(child)).or(status);
-            } else if NOT_FORWARDED.contains(&sig) {
-                if sig == SIGBUS {
-                    eprintln!("dmp-contained: init: SIGBUS ignored");
-                }
-            } else if let Ok(s) = Signal::try_from(sig) {
-                let _ = kill(child, s);
-            } else {
-                // Real-time signals: nix has no enum for them.
-                // SAFETY: plain kill(2).
-                unsafe { libc::kill(child.as_raw(), sig) };
-            }
-        }
-    }
+    let status = forward_until_exit(&mut signals, child);
     // A supervisor that exits normally leaves an empty plan; one that was killed (or
     // panicked) leaves what was running.
     let plan = plan_dir
@@ -121,6 +104,29 @@ pub fn run_shim() -> ! {
         Some(WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
         _ => 1,
     });
+}
+
+/// Forwards signals to the supervisor and reaps until it has exited; returns its status.
+fn forward_until_exit(signals: &mut Signals, child: Pid) -> Option<WaitStatus> {
+    let mut status: Option<WaitStatus> = None;
+    while status.is_none() {
+        for sig in signals.wait() {
+            if sig == SIGCHLD {
+                status = reap(Some(child)).or(status);
+            } else if NOT_FORWARDED.contains(&sig) {
+                if sig == SIGBUS {
+                    eprintln!("dmp-contained: init: SIGBUS ignored");
+                }
+            } else if let Ok(s) = Signal::try_from(sig) {
+                let _ = kill(child, s);
+            } else {
+                // Real-time signals: nix has no enum for them.
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(child.as_raw(), sig) };
+            }
+        }
+    }
+    status
 }
 
 /// A private directory for the stop plan (0700, created by us; none if that fails).
