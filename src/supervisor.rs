@@ -267,6 +267,12 @@ impl Supervisor {
         for w in self.shutdown_waiters.drain(..) {
             let _ = w.send(());
         }
+        // The shim removes its stop-plan directory, unless it was killed (PDEATHSIG got us here).
+        if let Some(dir) = self.stop_plan.as_ref().and_then(|p| p.parent()) {
+            if crate::process::shim_pid().is_none() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
         let code = self.exit_code.unwrap_or_else(|| {
             let failed = self
                 .plan

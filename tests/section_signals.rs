@@ -563,6 +563,16 @@ fn kill_9_of_up_not_as_pid1_stops_the_whole_stack() {
     s.wait_state("svc", "ready", Duration::from_secs(10));
     let shim = s.pid() as i32;
     let sup = children(shim)[0];
+    let environ = std::fs::read(format!("/proc/{sup}/environ")).unwrap();
+    let plan = String::from_utf8_lossy(&environ)
+        .split('\0')
+        .find_map(|kv| {
+            kv.strip_prefix("DMP_CONTAINED_STOP_PLAN=")
+                .map(String::from)
+        })
+        .expect("the shim hands the supervisor a stop-plan path");
+    let plan_dir = Path::new(&plan).parent().unwrap().to_path_buf();
+    assert!(plan_dir.exists());
     s.child.as_mut().unwrap().kill().unwrap();
     s.child.take().unwrap().wait().unwrap();
     wait_for("supervisor gone", Duration::from_secs(5), || {
