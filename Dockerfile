@@ -118,7 +118,12 @@ RUN set -eux; \
 COPY --from=builder /out/dmp-contained /usr/local/bin/dmp-contained
 
 WORKDIR /dmp-contained
-VOLUME /var/cache/dmp-contained
+# Two volumes: the cache (venvs, step records, data snapshots) and Postgres' own.  PGDATA sits one
+# level BELOW its volume's mount point (/var/lib/postgresql/data): a snapshot restore swaps the data
+# dir by rename, which a mount point cannot be.  Whether PGDATA holds the seeded databases is read
+# from the marker inside PGDATA itself (docs/CACHE.md), so a new container with only the cache
+# volume restores the snapshot, and one with both volumes keeps its data as is.
+VOLUME /var/cache/dmp-contained /var/lib/postgresql
 EXPOSE 80 55000 55009
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=5s --timeout=3s --start-period=120s --retries=3 CMD ["dmp-contained", "health"]

@@ -8,8 +8,8 @@
 //! steps/<step>/<key>.json              record: the step succeeded with this key
 //! snapshots/<service>/<key>/data/      copy of the service's data_dir after the chain <key>
 //! snapshots/<service>/<key>/meta.json
-//! snapshots/<service>/live.json        which chain key the live data_dir currently holds
 //! named/<NAME>/<service>/data/         named snapshots (`snapshot save NAME`)
+//! <data_dir>/.dmp-contained-chain.json  which chain key that data dir holds (inside it)
 //! ```
 
 use crate::plan::{Entry, Kind, Plan};
@@ -341,50 +341,59 @@ pub fn named_dir(dir: &Path, name: &str) -> PathBuf {
     dir.join("named").join(safe(name))
 }
 
-fn live_path(dir: &Path, service: &str) -> PathBuf {
-    dir.join("snapshots").join(safe(service)).join("live.json")
+/// The chain marker, kept INSIDE the data dir: whether a data dir holds a chain is decided
+/// from the data dir itself, so a new container (or a wiped data dir) with the same cache
+/// never takes an empty or foreign data dir for a seeded one.
+pub const CHAIN_MARKER: &str = ".dmp-contained-chain.json";
+
+fn marker_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(CHAIN_MARKER)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Live {
+    service: String,
     key: String,
-    data_dir: PathBuf,
 }
 
-/// Does the live `data_dir` hold exactly the data of chain `key` (restored or snapshotted
-/// from it, not touched by a step since)?
-pub fn live_matches(dir: &Path, service: &str, key: &str, data_dir: &Path) -> bool {
-    let Ok(b) = std::fs::read(live_path(dir, service)) else {
+/// Does `data_dir` hold exactly the data of `service`'s chain `key` (restored or snapshotted
+/// from it, not touched by a step since)? Read from the marker inside `data_dir`.
+pub fn live_matches(service: &str, key: &str, data_dir: &Path) -> bool {
+    let Ok(b) = std::fs::read(marker_path(data_dir)) else {
         return false;
     };
     let Ok(l) = serde_json::from_slice::<Live>(&b) else {
         return false;
     };
-    l.key == key && l.data_dir == data_dir && dir_nonempty(data_dir)
+    l.key == key && l.service == service
 }
 
-pub fn set_live(dir: &Path, service: &str, key: &str, data_dir: &Path) -> io::Result<()> {
+/// Marks `data_dir` as holding chain `key` (owned like the data dir, so e.g. Postgres' own
+/// user can still manage everything in its directory).
+pub fn set_live(service: &str, key: &str, data_dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let l = Live {
+        service: service.into(),
         key: key.into(),
-        data_dir: data_dir.into(),
     };
-    write_atomic(
-        &live_path(dir, service),
-        &serde_json::to_vec(&l).map_err(io::Error::other)?,
-    )
+    let p = marker_path(data_dir);
+    write_atomic(&p, &serde_json::to_vec(&l).map_err(io::Error::other)?)?;
+    if let Ok(md) = std::fs::metadata(data_dir) {
+        let _ = std::os::unix::fs::chown(&p, Some(md.uid()), Some(md.gid()));
+    }
+    Ok(())
 }
 
-pub fn clear_live(dir: &Path, service: &str) -> io::Result<()> {
-    match std::fs::remove_file(live_path(dir, service)) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+/// The data dir is about to diverge from any chain snapshot: drop its marker.
+pub fn clear_live(data_dir: &Path) -> io::Result<()> {
+    match std::fs::remove_file(marker_path(data_dir)) {
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
+        {
+            Ok(())
+        }
         r => r,
     }
-}
-
-fn dir_nonempty(p: &Path) -> bool {
-    std::fs::read_dir(p)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false)
 }
 
 /// `cp -a` (owners, modes, times, hard links kept; reflinks where the filesystem can).
@@ -692,8 +701,18 @@ mod tests {
         assert_eq!(std::fs::read_to_string(data.join("base/1")).unwrap(), "one");
         assert!(!data.join("extra").exists());
         assert!(!d.path().join("pg/.data.old").exists());
-        set_live(d.path(), "pg", "k", &data).unwrap();
-        assert!(live_matches(d.path(), "pg", "k", &data));
-        assert!(!live_matches(d.path(), "pg", "k2", &data));
+        set_live("pg", "k", &data).unwrap();
+        assert!(live_matches("pg", "k", &data));
+        assert!(!live_matches("pg", "k2", &data));
+        assert!(!live_matches("other", "k", &data));
+        // The marker lives in the data dir: a replaced data dir (new container, wiped
+        // PGDATA) does not match, whatever the cache holds.
+        let fresh = d.path().join("pg/fresh");
+        std::fs::create_dir_all(&fresh).unwrap();
+        std::fs::write(fresh.join("PG_VERSION"), "15").unwrap();
+        assert!(!live_matches("pg", "k", &fresh));
+        clear_live(&data).unwrap();
+        assert!(!live_matches("pg", "k", &data));
+        clear_live(&data).unwrap();
     }
 }

@@ -192,7 +192,7 @@ impl Supervisor {
                         .as_ref()
                         .and_then(|_| self.cache.chain_keys.get(&i).cloned())
                 });
-                let svc_name = chain_svc.map(|s| self.entry(s).name.clone());
+                let svc_data = chain_svc.and_then(|s| self.entry(s).data_dir.clone());
                 self.rt[i].reason = Some("computing cache key".into());
                 tokio::task::spawn_blocking(move || {
                     let e = &plan.entries[i];
@@ -217,10 +217,10 @@ impl Supervisor {
                             None => cache::has_record(&dir, &e.name, k),
                         });
                     if !hit {
-                        if let Some(n) = &svc_name {
+                        if let Some(data) = &svc_data {
                             // The service's data is about to diverge from any snapshot.
-                            if let Err(err) = cache::clear_live(&dir, n) {
-                                tracing::warn!("cache dir {}: {err}", dir.display());
+                            if let Err(err) = cache::clear_live(data) {
+                                tracing::warn!("chain marker in {}: {err}", data.display());
                             }
                         }
                     }
@@ -655,6 +655,9 @@ fn copy_job(dir: &std::path::Path, svcs: &[(String, PathBuf)], job: Job) -> Resu
         match &job {
             Job::Auto { step, key } => {
                 let meta = serde_json::json!({"service": svc, "step": step, "key": key, "data_dir": data, "at_ms": crate::logs::now_ms()});
+                // The marker is written first, so the snapshot carries it too.
+                cache::set_live(svc, key, data)
+                    .map_err(|e| format!("cannot mark {} with its chain: {e}", data.display()))?;
                 bytes += cache::save_tree(data, &cache::snapshot_dir(dir, svc, key), &meta)
                     .map_err(|e| {
                         format!(
@@ -662,7 +665,6 @@ fn copy_job(dir: &std::path::Path, svcs: &[(String, PathBuf)], job: Job) -> Resu
                             dir.display()
                         )
                     })?;
-                cache::set_live(dir, svc, key, data).map_err(|e| e.to_string())?;
             }
             Job::Named { save: true, name } => {
                 let meta = serde_json::json!({"service": svc, "name": name, "data_dir": data, "at_ms": crate::logs::now_ms()});
@@ -672,7 +674,7 @@ fn copy_job(dir: &std::path::Path, svcs: &[(String, PathBuf)], job: Job) -> Resu
             Job::Named { save: false, name } => {
                 cache::restore_tree(&cache::named_dir(dir, name).join(svc), data)
                     .map_err(|e| format!("cannot restore snapshot `{name}` of {svc}: {e}"))?;
-                let _ = cache::clear_live(dir, svc);
+                let _ = cache::clear_live(data);
             }
         }
     }
@@ -722,10 +724,10 @@ fn resolve_data(
     }
     let key = keys[&step].clone();
     if fresh {
-        let _ = cache::clear_live(dir, &e.name);
+        let _ = cache::clear_live(&data);
         return (None, keys, Some("--fresh: data snapshot ignored".into()));
     }
-    if cache::live_matches(dir, &e.name, &key, &data) {
+    if cache::live_matches(&e.name, &key, &data) {
         let n = format!("data dir already holds chain {}; kept", short(&key));
         return (Some(key), keys, Some(n));
     }
@@ -735,8 +737,7 @@ fn resolve_data(
         return (None, keys, Some(n));
     }
     let t = Instant::now();
-    match cache::restore_tree(&snap, &data).and_then(|_| cache::set_live(dir, &e.name, &key, &data))
-    {
+    match cache::restore_tree(&snap, &data).and_then(|_| cache::set_live(&e.name, &key, &data)) {
         Ok(()) => {
             let n = format!(
                 "restored data snapshot {} into {} in {:.2}s",
@@ -747,7 +748,7 @@ fn resolve_data(
             (Some(key), keys, Some(n))
         }
         Err(err) => {
-            let _ = cache::clear_live(dir, &e.name);
+            let _ = cache::clear_live(&data);
             (
                 None,
                 keys,
