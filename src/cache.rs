@@ -219,6 +219,36 @@ pub fn chain(plan: &Plan, s: usize, service: usize) -> Vec<usize> {
     out
 }
 
+/// Why a declared output does not count as produced: missing, an empty file, or a directory
+/// with no file anywhere below it (e.g. `node_modules` of an npm run that died half-way).
+pub fn output_problem(p: &Path) -> Option<String> {
+    fn has_file(d: &Path) -> bool {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let p = e.path();
+                match std::fs::metadata(&p) {
+                    Ok(m) if m.is_dir() => has_file(&p),
+                    Ok(_) => true,
+                    Err(_) => false,
+                }
+            })
+    }
+    match std::fs::metadata(p) {
+        Err(e) => Some(format!("declared output {} is missing ({e})", p.display())),
+        Ok(m) if m.is_dir() && !has_file(p) => Some(format!(
+            "declared output {} is empty (a directory with no file in it)",
+            p.display()
+        )),
+        Ok(m) if m.is_file() && m.len() == 0 => {
+            Some(format!("declared output {} is an empty file", p.display()))
+        }
+        Ok(_) => None,
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Records
 
@@ -657,6 +687,23 @@ mod tests {
         assert_eq!(edited[1], got[1]);
         // A missing plain input is an error (the caller runs the step uncached).
         assert!(collect_inputs(d.path(), &["nope.sql".to_string()]).is_err());
+    }
+
+    #[test]
+    fn outputs_must_exist_and_hold_something() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        assert!(output_problem(&p.join("nope")).unwrap().contains("missing"));
+        std::fs::write(p.join("empty"), "").unwrap();
+        assert!(output_problem(&p.join("empty"))
+            .unwrap()
+            .contains("empty file"));
+        std::fs::create_dir_all(p.join("nm/a/b")).unwrap();
+        assert!(output_problem(&p.join("nm")).unwrap().contains("no file"));
+        std::fs::write(p.join("nm/a/b/index.js"), "x").unwrap();
+        assert_eq!(output_problem(&p.join("nm")), None);
+        std::fs::write(p.join("full"), "x").unwrap();
+        assert_eq!(output_problem(&p.join("full")), None);
     }
 
     #[test]

@@ -116,6 +116,35 @@ struct RawEntry {
     cache: Option<RawCache>,
     schedule: Option<String>,
     data_dir: Option<String>,
+    /// Steps: killed and failed after this long.
+    timeout: Option<String>,
+    /// Steps: a "still running" note this often ("0s": never).
+    progress: Option<String>,
+}
+
+/// `timeout` and `progress` of a step (both apply to [step] entries only).
+fn step_timing(
+    errs: &mut Errors,
+    span: &std::ops::Range<usize>,
+    ctx: &str,
+    kind: Kind,
+    r: &RawEntry,
+    (timeout, progress): (Duration, Duration),
+) -> (Option<Duration>, Option<Duration>) {
+    if kind == Kind::Longrun {
+        for (k, v) in [("timeout", &r.timeout), ("progress", &r.progress)] {
+            if v.is_some() {
+                errs.key(
+                    span,
+                    k,
+                    format!("{ctx}: `{k}` applies to [step] entries only"),
+                );
+            }
+        }
+        return (None, None);
+    }
+    let some = |d: Duration| Some(d).filter(|d| !d.is_zero());
+    (some(timeout), some(progress))
 }
 
 #[derive(Deserialize)]
@@ -886,6 +915,18 @@ pub fn parse(
             }
         }
 
+        let timing = (
+            dur(&mut errs, &span, "timeout", &r.timeout, Duration::ZERO),
+            dur(
+                &mut errs,
+                &span,
+                "progress",
+                &r.progress,
+                Duration::from_secs(30),
+            ),
+        );
+        let (timeout, progress) = step_timing(&mut errs, &span, &ctx, *kind, r, timing);
+
         entries.push(Entry {
             name: name.clone(),
             kind: *kind,
@@ -909,6 +950,8 @@ pub fn parse(
             schedule: r.schedule.clone(),
             data_dir,
             restart_with,
+            timeout,
+            progress,
         });
     }
 

@@ -155,6 +155,12 @@ pub struct Entry {
     /// Longrun: the directory holding the service's data (snapshotted by `cache.snapshot`).
     pub data_dir: Option<PathBuf>,
     pub restart_with: Vec<usize>,
+    /// Step: killed and `failed` ("timed out after N s") when it runs longer.
+    #[serde(with = "opt_secs")]
+    pub timeout: Option<Duration>,
+    /// Step: how often a "still running" note goes to its log (None: never).
+    #[serde(with = "opt_secs")]
+    pub progress: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -313,5 +319,15 @@ mod secs {
     use std::time::Duration;
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+mod opt_secs {
+    use std::time::Duration;
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
     }
 }

@@ -52,7 +52,8 @@ pub enum Cause {
     Own,
     /// We stopped it on request.
     Stopped,
-    /// We killed it: readiness never came, or liveness failed.
+    /// We killed it (readiness never came, liveness failed, a step's `timeout` expired), or
+    /// a step exited 0 without producing its declared outputs.
     Probe(String),
 }
 
@@ -189,7 +190,19 @@ impl Runner {
                 _ => std::future::pending().await,
             }
         };
-        tokio::pin!(ready, liveness);
+        let started = Instant::now();
+        let is_step = entry.kind == Kind::Oneshot;
+        let timeout = async {
+            match entry.timeout {
+                Some(t) if is_step => tokio::time::sleep(t).await,
+                _ => std::future::pending().await,
+            }
+        };
+        let mut progress = entry
+            .progress
+            .filter(|_| is_step)
+            .map(|p| tokio::time::interval_at(started + p, p));
+        tokio::pin!(ready, liveness, timeout);
         let mut is_ready = false;
         let mut stop_requested = false;
 
@@ -214,6 +227,13 @@ impl Runner {
                     let exit = self.stop(&mut child, pid, Instant::now() + entry.stop_timeout).await;
                     break (exit, Cause::Probe(reason));
                 }
+                _ = &mut timeout => {
+                    let t = entry.timeout.unwrap_or_default().as_secs_f64();
+                    let reason = format!("timed out after {t} s (the step's `timeout`); killed");
+                    let exit = self.stop(&mut child, pid, Instant::now() + entry.stop_timeout).await;
+                    break (exit, Cause::Probe(reason));
+                }
+                _ = tick(progress.as_mut()) => self.note_progress(started),
                 cmd = self.cmds.recv() => match cmd {
                     Some(RunnerCmd::Stop { deadline }) => {
                         let exit = self.stop(&mut child, pid, deadline).await;
@@ -247,10 +267,48 @@ impl Runner {
         for p in pumps.into_iter().flatten() {
             let _ = tokio::time::timeout(Duration::from_millis(500), p).await;
         }
+        let cause = match (&cause, &entry.cache) {
+            (Cause::Own, Some(c)) if is_step && exit.success() => {
+                let problems: Vec<String> = c
+                    .outputs
+                    .iter()
+                    .filter_map(|o| crate::cache::output_problem(o))
+                    .collect();
+                if problems.is_empty() {
+                    cause
+                } else {
+                    Cause::Probe(format!("exited 0 but {}", problems.join("; ")))
+                }
+            }
+            _ => cause,
+        };
         self.send(EventKind::Exited { exit, cause });
         if stop_requested {
             self.send(EventKind::StopDone);
         }
+    }
+
+    /// A step still running after `progress`: say for how long, and what it printed last.
+    fn note_progress(&self, started: Instant) {
+        let secs = started.elapsed().as_secs();
+        let last = self
+            .log
+            .tail(50)
+            .into_iter()
+            .rev()
+            .find(|l| !l.text.starts_with("[dmp-contained]"));
+        let what = match last {
+            Some(l) => {
+                let ago = crate::logs::now_ms().saturating_sub(l.ts) / 1000;
+                let text: String = l.text.chars().take(160).collect();
+                format!("last output {ago} s ago: {text}")
+            }
+            None => format!("no output yet from `{}`", self.entry.command.join(" ")),
+        };
+        self.log.note(
+            &self.out,
+            format!("[dmp-contained] still running after {secs} s; {what}"),
+        );
     }
 
     /// Stop signal to the group, wait for the leader until `deadline`, then SIGKILL; a
@@ -289,6 +347,16 @@ impl Runner {
                 }
             }
         }
+    }
+}
+
+/// The next tick of an optional interval (never, without one).
+async fn tick(i: Option<&mut tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

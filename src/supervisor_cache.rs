@@ -206,10 +206,9 @@ impl Supervisor {
                             None
                         }
                     };
-                    let outputs_ok = e
-                        .cache
-                        .as_ref()
-                        .is_none_or(|c| c.outputs.iter().all(|o| o.exists()));
+                    let outputs_ok = e.cache.as_ref().is_none_or(|c| {
+                        c.outputs.iter().all(|o| cache::output_problem(o).is_none())
+                    });
                     let hit = lookup
                         && outputs_ok
                         && key.as_ref().is_some_and(|k| match &expect {
