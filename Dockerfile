@@ -33,7 +33,9 @@ RUN set -eu; \
         echo "run 'cargo build --release' first, or pass --build-arg BUILDER=rust:1-bookworm" >&2; \
         exit 1; \
     fi; \
-    install -D -m 0755 target/release/dmp-contained /out/dmp-contained
+    install -D -m 0755 target/release/dmp-contained /out/dmp-contained; \
+    mkdir -p /out/tools; \
+    if [ -d target/tools ]; then cp -a target/tools/. /out/tools/; fi
 
 # ---------------------------------------------------------------------------------------------
 FROM ${BASE}
@@ -48,6 +50,9 @@ ENV LANG=C.UTF-8 \
     PGDATA=/var/lib/postgresql/data \
     DMP_ROOT=/dmp-contained \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_CACHE_DIR=/var/cache/dmp-contained/uv \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never \
     PYTHONDONTWRITEBYTECODE=1
 
 # The stack's packages, in one layer that changes only when this list does.  No service may start
@@ -68,6 +73,21 @@ RUN set -eux; \
         nodejs npm; \
     rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb; \
     rm -f /etc/nginx/sites-enabled/default
+
+# Tools staged by scripts/build-image.sh in target/tools/ (both optional):
+# - uv: make-venv installs the apps' requirements with it (pip without it; far slower cold);
+# - ca-certificates.crt: the building host's CA bundle, trusted in the image, for networks whose
+#   TLS goes through their own CA (PyPI fetches fail with "invalid peer certificate" otherwise).
+COPY --from=builder /out/tools/ /tmp/dmp-contained-tools/
+RUN set -eu; \
+    t=/tmp/dmp-contained-tools; \
+    if [ -x "$t/uv" ]; then install -m 0755 "$t/uv" /usr/local/bin/uv; uv --version; \
+    else echo "no uv staged: make-venv will use pip"; fi; \
+    if [ -s "$t/ca-certificates.crt" ]; then \
+        cp "$t/ca-certificates.crt" /usr/local/share/ca-certificates/dmp-contained-host-bundle.crt; \
+        update-ca-certificates >/dev/null; \
+    fi; \
+    rm -rf "$t"
 
 # Elasticsearch 7 from Elastic's apt repository; skipped with WITH_ELASTICSEARCH=0.  Without it the
 # supervisor skips the elasticsearch entry (when_exists) and the index steps fail softly (optional).

@@ -5,6 +5,10 @@
 #      made by scripts/build-base-image.sh (debootstrap from the host's Debian mirror)
 #   3. docker build, installing the prebuilt target/release/dmp-contained
 #
+# Tools staged into target/tools/ for the image (see the Dockerfile): `uv` from PATH (make-venv's
+# fast installer; UV_BIN overrides) and the host's CA bundle (HOST_CA_BUNDLE, default
+# /etc/ssl/certs/ca-certificates.crt; "none" skips it), so the image trusts what this host trusts.
+#
 # Env: IMAGE_TAG (dmp-contained), BASE (override the base image), BUILDER (e.g. rust:1-bookworm to
 # compile inside Docker instead of step 1), WITH_ELASTICSEARCH (1, 0 or auto = 1 only when
 # artifacts.elastic.co answers; default auto).  Extra arguments go to `docker build`.
@@ -24,6 +28,22 @@ fi
 if [ -z "${BUILDER:-}" ] && [ ! -x target/release/dmp-contained ]; then
     log "target/release/dmp-contained is missing: run cargo build --release (or set BUILDER=rust:1-bookworm)"
     exit 1
+fi
+
+tools=$repo/target/tools
+rm -rf "$tools"
+mkdir -p "$tools"
+uv_bin=${UV_BIN:-$(command -v uv || true)}
+if [ -n "$uv_bin" ] && [ -x "$uv_bin" ]; then
+    cp "$uv_bin" "$tools/uv"
+    log "staged $("$uv_bin" --version) for the image"
+else
+    log "uv not found (UV_BIN or PATH): the image's make-venv will use pip (slower; scripts/install-deps.sh installs uv)"
+fi
+ca=${HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+if [ "$ca" != none ] && [ -s "$ca" ]; then
+    cp "$ca" "$tools/ca-certificates.crt"
+    log "staged the host CA bundle $ca (HOST_CA_BUNDLE=none to leave it out)"
 fi
 
 if [ -z "${BASE:-}" ]; then
