@@ -22,8 +22,14 @@ vols=(dmp-steps-cache-$id dmp-steps-pg-a-$id dmp-steps-pg-b-$id)
 cleanup() {
     docker rm -f "dmp-steps-a-$id" "dmp-steps-b-$id" "dmp-steps-c-$id" >/dev/null 2>&1 || true
     docker volume rm "${vols[@]}" >/dev/null 2>&1 || true
+    rm -rf "$mount"
 }
+mount=$(mktemp -d /tmp/dmp-steps-mount.XXXXXX)
 trap cleanup EXIT
+# A dump, as a DMp user puts it in mount/: db-import imports it and snapshots Postgres.
+mkdir -p "$mount/apps-github-repos"
+printf 'CREATE TABLE suppliers (id int PRIMARY KEY, name text);\nINSERT INTO suppliers SELECT g, %s FROM generate_series(1, 5000) g;\n' "'supplier-' || g" >"$mount/test_data.sql"
+chmod -R a+rX "$mount"
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     IMAGE_TAG=$IMAGE WITH_ELASTICSEARCH=${WITH_ELASTICSEARCH:-0} "$repo/scripts/build-image.sh"
 fi
@@ -56,18 +62,21 @@ wait_state() { # container entry state timeout
     docker logs "$1" 2>&1 | tail -30
     fail "$2 in $1 is not $3 after $4 s (now: $(state_of "$1" "$2"))"
 }
-dbs() { docker exec "$1" psql -h 127.0.0.1 -U postgres -At -c "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database WHERE datname LIKE 'digital%'"; }
+dbs() {
+    docker exec "$1" psql -h 127.0.0.1 -U postgres -At -c "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database WHERE datname LIKE 'digital%'"
+    docker exec "$1" psql -h 127.0.0.1 -U postgres -d digitalmarketplace -At -c "SELECT count(*) FROM suppliers" 2>&1
+}
 
 echo "== 2. new container, same cache volume, new PGDATA volume"
-docker run -d --name "dmp-steps-a-$id" -v "${vols[0]}:/var/cache/dmp-contained" -v "${vols[1]}:/var/lib/postgresql" "$IMAGE" >/dev/null
+docker run -d --name "dmp-steps-a-$id" -v "${vols[0]}:/var/cache/dmp-contained" -v "${vols[1]}:/var/lib/postgresql" -v "$mount:/dmp-contained/mount" "$IMAGE" >/dev/null
 wait_state "dmp-steps-a-$id" example-app ready 120
 wait_state "dmp-steps-a-$id" db-import done 60
 want=$(dbs "dmp-steps-a-$id")
-[ -n "$want" ] || fail "no digitalmarketplace databases after a cold start"
+echo "$want" | grep -qx 5000 || fail "no imported data after a cold start: $want"
 docker exec "dmp-steps-a-$id" test -f /var/lib/postgresql/data/.dmp-contained-chain.json || fail "no chain marker in PGDATA"
 docker stop -t 20 "dmp-steps-a-$id" >/dev/null
 
-docker run -d --name "dmp-steps-b-$id" -v "${vols[0]}:/var/cache/dmp-contained" -v "${vols[2]}:/var/lib/postgresql" "$IMAGE" >/dev/null
+docker run -d --name "dmp-steps-b-$id" -v "${vols[0]}:/var/cache/dmp-contained" -v "${vols[2]}:/var/lib/postgresql" -v "$mount:/dmp-contained/mount" "$IMAGE" >/dev/null
 wait_state "dmp-steps-b-$id" db-import cached 120
 wait_state "dmp-steps-b-$id" example-app ready 60
 [ "$(dbs "dmp-steps-b-$id")" = "$want" ] || fail "new PGDATA volume: databases '$(dbs "dmp-steps-b-$id")', want '$want'"
@@ -75,7 +84,7 @@ docker logs "dmp-steps-b-$id" 2>&1 | grep -q "restored data snapshot" || fail "n
 docker stop -t 20 "dmp-steps-b-$id" >/dev/null
 
 echo "== 3. same volumes: kept"
-docker run -d --name "dmp-steps-c-$id" -v "${vols[0]}:/var/cache/dmp-contained" -v "${vols[1]}:/var/lib/postgresql" "$IMAGE" >/dev/null
+docker run -d --name "dmp-steps-c-$id" -v "${vols[0]}:/var/cache/dmp-contained" -v "${vols[1]}:/var/lib/postgresql" -v "$mount:/dmp-contained/mount" "$IMAGE" >/dev/null
 wait_state "dmp-steps-c-$id" db-import cached 120
 [ "$(dbs "dmp-steps-c-$id")" = "$want" ] || fail "same volumes: databases differ"
 docker logs "dmp-steps-c-$id" 2>&1 | grep -q "already holds chain" || fail "data not kept"
