@@ -15,7 +15,10 @@
 #     docker build --build-arg WITH_ELASTICSEARCH=0 ...
 #
 # Run:
-#     docker run -p 80:80 -v "$PWD/resources-for-container/mount:/dmp-contained/mount" dmp-contained
+#     docker run -p 80:80 -v "$PWD/resources-for-container/mount:/dmp-contained/mount" \
+#         -v dmp-cache:/var/cache/dmp-contained -v dmp-pg:/var/lib/postgresql dmp-contained
+#   dmp-cache: venvs, step records, data snapshots; dmp-pg: the live databases (PGDATA one level
+#   below).  Without dmp-pg a new container gets the databases restored from dmp-cache's snapshot.
 
 ARG BASE=debian:bookworm-slim
 ARG BUILDER=${BASE}
