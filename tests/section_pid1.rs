@@ -3,24 +3,11 @@
 //! (with a message) where namespaces cannot be created.
 mod common;
 use common::*;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn can_unshare() -> bool {
-    let ok = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIP: cannot create a PID namespace here (needs root and util-linux unshare)");
-    }
-    ok
 }
 
 fn run_as_pid1(body: &str) -> (std::process::Child, tempfile::TempDir, std::path::PathBuf) {
@@ -80,7 +67,7 @@ const COUNT_ZOMBIES: &str = "n=0; for f in /proc/[0-9]*/stat; do case \"$(cat $f
 
 #[test]
 fn thousand_orphans_leave_no_zombies_as_pid1() {
-    if !can_unshare() {
+    if !require(&[Need::Unshare]) {
         return;
     }
     let (mut c, _dir, out) = run_as_pid1(&format!(
@@ -102,7 +89,7 @@ after = ["orphans"]
 
 #[test]
 fn sigterm_to_pid1_stops_services_gracefully_and_exits_0() {
-    if !can_unshare() {
+    if !require(&[Need::Unshare]) {
         return;
     }
     let (mut c, dir, _out) = run_as_pid1(
@@ -123,7 +110,7 @@ fn sigterm_to_pid1_stops_services_gracefully_and_exits_0() {
 
 #[test]
 fn exit_code_of_a_critical_entry_passes_through_pid1() {
-    if !can_unshare() {
+    if !require(&[Need::Unshare]) {
         return;
     }
     let (mut c, _dir, _out) = run_as_pid1(
@@ -134,7 +121,7 @@ fn exit_code_of_a_critical_entry_passes_through_pid1() {
 
 #[test]
 fn daemonized_leftovers_are_swept_before_pid1_exits() {
-    if !can_unshare() {
+    if !require(&[Need::Unshare]) {
         return;
     }
     // A oneshot that double-forks a long sleeper into its own session (escaping its group):

@@ -14,27 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-fn can_unshare() -> bool {
-    let ok = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIP: cannot create a PID namespace here (needs root and util-linux unshare)");
-    }
-    ok
-}
-
-fn have_postgres() -> bool {
-    let ok = Path::new(&format!("{PG_BIN}/postgres")).exists();
-    if !ok {
-        eprintln!("SKIP: postgresql-15 is needed (scripts/install-deps.sh)");
-    }
-    ok
-}
+const POSTGRES: Need = Need::Bin("/usr/lib/postgresql/15/bin/postgres");
 
 /// The supervisor under `unshare` as PID 1, on `cfg`, output into `dir`.
 struct Pid1 {
@@ -257,7 +237,7 @@ const SILENT: &[i32] = &[
 
 #[test]
 fn every_catchable_signal_to_pid1_has_its_documented_effect() {
-    if !can_unshare() {
+    if !require(&[Need::Unshare]) {
         return;
     }
     let (dir, _port, cfg) = table(
@@ -344,7 +324,7 @@ fn assert_clean_start(out: &str) {
 
 #[test]
 fn signal_matrix_with_postgres_stops_it_cleanly() {
-    if !can_unshare() || !have_postgres() {
+    if !require(&[Need::Unshare, POSTGRES]) {
         return;
     }
     let (dir, _port, cfg) = table("");
@@ -433,7 +413,7 @@ fn escaped_stubborn_daemon_stops_inside_the_budget() {
 
 #[test]
 fn postmaster_sigkilled_recovers_quickly_without_a_shared_memory_storm() {
-    if !have_postgres() {
+    if !require(&[POSTGRES]) {
         return;
     }
     let (dir, port, cfg) = table("");
@@ -489,7 +469,7 @@ fn postmaster_sigkilled_recovers_quickly_without_a_shared_memory_storm() {
 
 #[test]
 fn supervisor_killed_as_pid1_stops_entries_in_reverse_order_with_their_signals() {
-    if !can_unshare() {
+    if !require(&[Need::Unshare]) {
         return;
     }
     let (dir, _port, cfg) = table("");
@@ -528,7 +508,7 @@ after = ["app"]
 
 #[test]
 fn supervisor_killed_as_pid1_postgres_gets_sigint_and_needs_no_recovery() {
-    if !can_unshare() || !have_postgres() {
+    if !require(&[Need::Unshare, POSTGRES]) {
         return;
     }
     let (dir, _port, cfg) = table("");
