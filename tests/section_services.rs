@@ -83,8 +83,12 @@ fn postgres_redis_nginx_become_ready_restart_and_stop_cleanly() {
     assert_eq!(pgst["state"], "ready");
     assert_eq!(rs["state"], "ready");
     // nginx waited for both.
-    assert!(ng["started_at"].as_u64() >= pgst["ready_at"].as_u64());
-    assert!(ng["started_at"].as_u64() >= rs["ready_at"].as_u64());
+    let at = |e: &serde_json::Value, k: &str| e[k].as_u64().unwrap_or_else(|| panic!("{k}: {e}"));
+    assert!(
+        at(&ng, "started_at") >= at(&pgst, "ready_at"),
+        "{ng}\n{pgst}"
+    );
+    assert!(at(&ng, "started_at") >= at(&rs, "ready_at"), "{ng}\n{rs}");
     // Postgres runs as user postgres.
     let pid = pgst["pid"].as_i64().unwrap();
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
