@@ -274,6 +274,8 @@ stop_signal = "QUIT"
         web.display()
     ));
     s.wait_state("web", "ready", Duration::from_secs(5));
+    // Ready means started; each script says `up` once its trap is set.
+    s.wait_stdout(&["db | up", "api | up", "web | up"], Duration::from_secs(5));
     let t = std::time::Instant::now();
     assert_eq!(s.stop(), 0);
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
@@ -318,8 +320,8 @@ fn stubborn_group_is_killed_after_timeout_and_nothing_survives() {
 
 #[test]
 fn second_sigterm_kills_immediately() {
-    let mut s = Sup::start("[process.stubborn]\ncommand = \"trap '' TERM; while true; do sleep 0.05; done\"\nstop_timeout = \"30s\"\n");
-    s.wait_state("stubborn", "ready", Duration::from_secs(5));
+    let mut s = Sup::start("[process.stubborn]\ncommand = \"trap '' TERM; echo up; while true; do sleep 0.05; done\"\nstop_timeout = \"30s\"\n");
+    s.wait_stdout(&["stubborn | up"], Duration::from_secs(5));
     let first = std::time::Instant::now();
     s.signal(libc::SIGTERM);
     // The first SIGTERM is being honoured (the entry got its stop signal, which it ignores).
@@ -451,9 +453,9 @@ fn one_stop_request_delivered_twice_stays_graceful() {
     // `pkill -f`, `timeout` or a terminal can deliver the same SIGTERM to the shim and the
     // supervisor: that is one request, not "kill now".
     let mut s = Sup::start(
-        "[process.slow]\ncommand = \"trap 'sleep 0.3; echo clean-exit; exit 0' TERM; while true; do sleep 0.05; done\"\nstop_timeout = \"10s\"\n",
+        "[process.slow]\ncommand = \"trap 'sleep 0.3; echo clean-exit; exit 0' TERM; echo up; while true; do sleep 0.05; done\"\nstop_timeout = \"10s\"\n",
     );
-    s.wait_state("slow", "ready", Duration::from_secs(5));
+    s.wait_stdout(&["slow | up"], Duration::from_secs(5));
     let shim = s.pid() as i32;
     let sup = wait_for("supervisor child", Duration::from_secs(5), || {
         std::fs::read_to_string(format!("/proc/{shim}/task/{shim}/children"))
@@ -515,7 +517,7 @@ fn shutdown_order_follows_dependencies_through_finished_steps() {
     let order = dir.path().join("order");
     let mk = |name: &str, delay: &str| {
         script(dir.path(), name, &format!(
-            "trap 'sleep {delay}; echo {name} >> {o}; exit 0' TERM\nwhile true; do sleep 0.05; done",
+            "trap 'sleep {delay}; echo {name} >> {o}; exit 0' TERM\necho up\nwhile true; do sleep 0.05; done",
             o = order.display()
         ))
     };
@@ -527,6 +529,7 @@ fn shutdown_order_follows_dependencies_through_finished_steps() {
         app.display()
     ));
     s.wait_state("app", "ready", Duration::from_secs(5));
+    s.wait_stdout(&["pg | up", "app | up"], Duration::from_secs(5));
     assert_eq!(s.stop(), 0);
     assert_eq!(std::fs::read_to_string(&order).unwrap(), "app\npg\n");
 }

@@ -93,14 +93,14 @@ fn sigterm_to_pid1_stops_services_gracefully_and_exits_0() {
         return;
     }
     let (mut c, dir, _out) = run_as_pid1(
-        "[process.svc]\ncommand = \"trap 'echo got-term; exit 0' TERM; while true; do sleep 0.05; done\"\n",
+        "[process.svc]\ncommand = \"trap 'echo got-term; exit 0' TERM; echo up; while true; do sleep 0.05; done\"\n",
     );
     let init = ns_init(c.id());
-    // Let the service start, then signal PID 1 from outside the namespace.
+    // Let the service set its trap, then signal PID 1 from outside the namespace.
     let out = dir.path().join("out.log");
     wait_for("service output", Duration::from_secs(5), || {
-        let t = std::fs::read_to_string(dir.path().join("err.log")).unwrap_or_default();
-        t.contains("svc: ready").then_some(())
+        let t = std::fs::read_to_string(&out).unwrap_or_default();
+        t.contains("svc | up").then_some(())
     });
     unsafe { libc::kill(init, libc::SIGTERM) };
     assert_eq!(wait_child(&mut c, Duration::from_secs(10)), 0);

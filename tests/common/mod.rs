@@ -178,6 +178,16 @@ impl Sup {
         })
     }
 
+    /// Waits until the supervisor's stdout (the entries' prefixed output) contains each of
+    /// `lines`, e.g. `"svc | up"` printed by a script once its trap is set: a process is
+    /// "ready" as soon as it started, before its first line ran.
+    pub fn wait_stdout(&self, lines: &[&str], timeout: Duration) {
+        wait_for(&format!("stdout lines {lines:?}"), timeout, || {
+            let out = self.stdout_text();
+            lines.iter().all(|l| out.contains(l)).then_some(())
+        })
+    }
+
     /// Runs the CLI against this supervisor.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
