@@ -64,6 +64,18 @@ impl Pid1 {
         std::fs::read_to_string(self.dir.join("out.log")).unwrap_or_default()
     }
 
+    /// Waits until stdout holds each of `lines` (e.g. a script's `name | up` after its trap).
+    fn wait_out(&self, lines: &[&str]) {
+        wait_for(
+            &format!("stdout lines {lines:?}"),
+            Duration::from_secs(10),
+            || {
+                let out = self.out();
+                lines.iter().all(|l| out.contains(l)).then_some(())
+            },
+        );
+    }
+
     fn wait_err(&self, what: &str, timeout: Duration) {
         wait_for(what, timeout, || self.err().contains(what).then_some(()));
     }
@@ -241,10 +253,11 @@ fn every_catchable_signal_to_pid1_has_its_documented_effect() {
         return;
     }
     let (dir, _port, cfg) = table(
-        "[process.svc]\ncommand = \"trap 'echo got-term; exit 0' TERM; while true; do sleep 0.05; done\"\n",
+        "[process.svc]\ncommand = \"trap 'echo got-term; exit 0' TERM; echo up; while true; do sleep 0.05; done\"\n",
     );
     let mut p = Pid1::start(dir.path(), &cfg);
     p.wait_err("svc: ready", Duration::from_secs(10));
+    p.wait_out(&["svc | up"]);
     let svc_pid = p.supervisor();
     for &sig in SILENT {
         p.signal(sig);
@@ -477,13 +490,13 @@ fn supervisor_killed_as_pid1_stops_entries_in_reverse_order_with_their_signals()
     let body = format!(
         r#"
 [process.db]
-command = "trap 'echo db INT >> {l}; exit 0' INT; while true; do sleep 0.05 & wait; done"
+command = "trap 'echo db INT >> {l}; exit 0' INT; echo up; while true; do sleep 0.05 & wait; done"
 stop_signal = "SIGINT"
 [process.app]
-command = "trap 'echo app TERM >> {l}; exit 0' TERM; while true; do sleep 0.05 & wait; done"
+command = "trap 'echo app TERM >> {l}; exit 0' TERM; echo up; while true; do sleep 0.05 & wait; done"
 after = ["db"]
 [process.web]
-command = "trap 'echo web QUIT >> {l}; exit 0' QUIT; while true; do sleep 0.05 & wait; done"
+command = "trap 'echo web QUIT >> {l}; exit 0' QUIT; echo up; while true; do sleep 0.05 & wait; done"
 stop_signal = "SIGQUIT"
 after = ["app"]
 "#,
@@ -494,6 +507,8 @@ after = ["app"]
     // foreground job on its stderr would die of SIGPIPE before its trap runs.)
     let mut p = Pid1::start(dir.path(), &cfg);
     p.wait_err("web: ready", Duration::from_secs(10));
+    // Ready means started: wait for each trap to be set.
+    p.wait_out(&["db | up", "app | up", "web | up"]);
     let start = Instant::now();
     unsafe { libc::kill(p.supervisor(), libc::SIGKILL) };
     assert_eq!(p.wait_exit(Duration::from_secs(10)), 128 + 9);
