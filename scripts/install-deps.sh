@@ -21,9 +21,14 @@ PKGS=(
     chromium util-linux procps curl
     debootstrap docker-compose tmux python3-venv python3-pip
 )
-# Node.js: only when absent, so a NodeSource `node` on PATH is left alone.
-command -v node >/dev/null || PKGS+=(nodejs)
-command -v npm >/dev/null || PKGS+=(npm)
+# Node.js: Debian's nodejs + npm only when no `node` is on PATH. A NodeSource `nodejs` (which
+# ships its own npm) conflicts with Debian's `npm` package, so an existing node is left alone.
+node_note=
+if ! command -v node >/dev/null; then
+    PKGS+=(nodejs npm)
+elif ! command -v npm >/dev/null; then
+    node_note="node is on PATH ($(command -v node)) but npm is not: install npm with that node"
+fi
 # PyPI tools (venv TOOLS_VENV) and the commands of theirs linked into /usr/local/bin.
 TOOLS_VENV=/opt/dmp-contained-tools
 PY_TOOLS=(uv kubernetes-validate)
@@ -144,4 +149,8 @@ if [ -d /usr/lib/postgresql ] && [ ! -d /var/run/postgresql ]; then
 fi
 
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
+[ -z "$node_note" ] || log "warning: $node_note"
+# The Docker engine is the machine's, not a package installed here.
+docker info >/dev/null 2>&1 ||
+    log "warning: no Docker engine answers: tests/image/*.sh will be skipped (failed under CI=true)"
 log "ok; postgres binaries: ${pgbin:-not found}"
