@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Install the Debian packages the integration tests use, and make sure none of their daemons is
-# left running (the tests start their own nginx/redis/postgres instances on their own ports).
+# Install everything the tests and scripts use, and make sure none of the daemons is left
+# running (the tests start their own nginx/redis/postgres instances on their own ports):
+#   - Debian packages (PKGS below; debootstrap builds the image's base where no registry answers),
+#   - Node.js and npm from Debian, only when `node`/`npm` are not on PATH already (a NodeSource
+#     `nodejs` conflicts with Debian's `npm`),
+#   - the PyPI tools uv and kubernetes-validate in the venv /opt/dmp-contained-tools (made with
+#     Debian's /usr/bin/python3), their commands linked into /usr/local/bin.
 #
 #   scripts/install-deps.sh [--update]
 #
@@ -14,7 +19,20 @@ PKGS=(
     nginx-light redis-server postgresql
     python3-flask python3-psycopg2 python3-redis
     chromium util-linux procps curl
+    debootstrap docker-compose tmux python3-venv python3-pip
 )
+# Node.js: Debian's nodejs + npm only when no `node` is on PATH. A NodeSource `nodejs` (which
+# ships its own npm) conflicts with Debian's `npm` package, so an existing node is left alone.
+node_note=
+if ! command -v node >/dev/null; then
+    PKGS+=(nodejs npm)
+elif ! command -v npm >/dev/null; then
+    node_note="node is on PATH ($(command -v node)) but npm is not: install npm with that node"
+fi
+# PyPI tools (venv TOOLS_VENV) and the commands of theirs linked into /usr/local/bin.
+TOOLS_VENV=/opt/dmp-contained-tools
+PY_TOOLS=(uv kubernetes-validate)
+TOOL_CMDS=(uv uvx kubernetes-validate)
 SERVICES=(nginx redis-server postgresql)
 # Daemon process names to sweep if a package's maintainer script started one anyway.
 DAEMONS=(nginx redis-server postgres)
@@ -110,10 +128,29 @@ if sweep TERM; then
     sweep KILL || true
 fi
 
+# PyPI tools: nothing to do when every command already answers.
+tools_ok() {
+    local c
+    for c in "${TOOL_CMDS[@]}"; do "/usr/local/bin/$c" --version >/dev/null 2>&1 || return 1; done
+}
+if tools_ok; then
+    log "PyPI tools present: ${TOOL_CMDS[*]}"
+else
+    log "installing PyPI tools into $TOOLS_VENV: ${PY_TOOLS[*]}"
+    [ -x "$TOOLS_VENV/bin/pip" ] || "${SUDO[@]}" /usr/bin/python3 -m venv "$TOOLS_VENV"
+    retry "${SUDO[@]}" "$TOOLS_VENV/bin/pip" install -q --upgrade "${PY_TOOLS[@]}"
+    for c in "${TOOL_CMDS[@]}"; do "${SUDO[@]}" ln -sfn "$TOOLS_VENV/bin/$c" "/usr/local/bin/$c"; done
+    tools_ok || { log "PyPI tools not usable after install: ${TOOL_CMDS[*]}"; exit 1; }
+fi
+
 # postgres' socket dir is created by tmpfiles at boot; make sure it exists in containers too.
 if [ -d /usr/lib/postgresql ] && [ ! -d /var/run/postgresql ]; then
     "${SUDO[@]}" install -d -o postgres -g postgres -m 2775 /var/run/postgresql
 fi
 
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
+[ -z "$node_note" ] || log "warning: $node_note"
+# The Docker engine is the machine's, not a package installed here.
+docker info >/dev/null 2>&1 ||
+    log "warning: no Docker engine answers: tests/image/*.sh will be skipped (failed under CI=true)"
 log "ok; postgres binaries: ${pgbin:-not found}"

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Dashboard in a real headless browser: every entry listed, a service's log line shown, a
 # restart click (token from localStorage) changes the restart count; screenshot to
-# target/dashboard.png. Prints SKIP and exits 0 when chromium is missing.
+# target/dashboard.png. Prints SKIP and exits 77 (skipped) when chromium is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHROME=$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)
-if [ -z "$CHROME" ]; then echo "SKIP: chromium not installed"; exit 0; fi
+if [ -z "$CHROME" ]; then echo "SKIP: chromium not installed"; exit 77; fi
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=${DMP_BIN:-}
 if [ -z "$BIN" ]; then

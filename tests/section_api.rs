@@ -147,10 +147,12 @@ command = "exec sleep 60"
         .unwrap()
         .parse()
         .unwrap();
-    assert!(
-        sup_pid == u64::from(s.pid()) || ppid == s.pid(),
-        "{sup_pid} {ppid}"
+    assert_ne!(
+        sup_pid,
+        u64::from(s.pid()),
+        "the supervisor is not the shim"
     );
+    assert_eq!(ppid, s.pid(), "the supervisor is the shim's child");
     assert!(sup["uptime_s"].as_f64().unwrap() > 0.0);
     assert_eq!(sup["state"], "starting", "slow is required and not ready");
     for e in st["entries"].as_array().unwrap() {

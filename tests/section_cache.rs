@@ -416,6 +416,9 @@ fn records(d: &Path, step: &str) -> Vec<String> {
 
 #[test]
 fn postgres_seed_is_cached_restored_invalidated_and_snapshotted() {
+    if !require(&[Need::Bin("/usr/lib/postgresql/15/bin/postgres")]) {
+        return;
+    }
     let (dir, port, config, p) = prepare_seeded(7);
 
     // 1. Cold start: everything runs, the data of both services is snapshotted.

@@ -3,24 +3,11 @@
 //! (with a message) where namespaces cannot be created.
 mod common;
 use common::*;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn can_unshare() -> bool {
-    let ok = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIP: cannot create a PID namespace here (needs root and util-linux unshare)");
-    }
-    ok
 }
 
 fn run_as_pid1(body: &str) -> (std::process::Child, tempfile::TempDir, std::path::PathBuf) {
@@ -80,7 +67,7 @@ const COUNT_ZOMBIES: &str = "n=0; for f in /proc/[0-9]*/stat; do case \"$(cat $f
 
 #[test]
 fn thousand_orphans_leave_no_zombies_as_pid1() {
-    if !can_unshare() {
+    if !require(&[Need::Unshare]) {
         return;
     }
     let (mut c, _dir, out) = run_as_pid1(&format!(
@@ -102,18 +89,18 @@ after = ["orphans"]
 
 #[test]
 fn sigterm_to_pid1_stops_services_gracefully_and_exits_0() {
-    if !can_unshare() {
+    if !require(&[Need::Unshare]) {
         return;
     }
     let (mut c, dir, _out) = run_as_pid1(
-        "[process.svc]\ncommand = \"trap 'echo got-term; exit 0' TERM; while true; do sleep 0.05; done\"\n",
+        "[process.svc]\ncommand = \"trap 'echo got-term; exit 0' TERM; echo up; while true; do sleep 0.05; done\"\n",
     );
     let init = ns_init(c.id());
-    // Let the service start, then signal PID 1 from outside the namespace.
+    // Let the service set its trap, then signal PID 1 from outside the namespace.
     let out = dir.path().join("out.log");
     wait_for("service output", Duration::from_secs(5), || {
-        let t = std::fs::read_to_string(dir.path().join("err.log")).unwrap_or_default();
-        t.contains("svc: ready").then_some(())
+        let t = std::fs::read_to_string(&out).unwrap_or_default();
+        t.contains("svc | up").then_some(())
     });
     unsafe { libc::kill(init, libc::SIGTERM) };
     assert_eq!(wait_child(&mut c, Duration::from_secs(10)), 0);
@@ -123,7 +110,7 @@ fn sigterm_to_pid1_stops_services_gracefully_and_exits_0() {
 
 #[test]
 fn exit_code_of_a_critical_entry_passes_through_pid1() {
-    if !can_unshare() {
+    if !require(&[Need::Unshare]) {
         return;
     }
     let (mut c, _dir, _out) = run_as_pid1(
@@ -134,46 +121,57 @@ fn exit_code_of_a_critical_entry_passes_through_pid1() {
 
 #[test]
 fn daemonized_leftovers_are_swept_before_pid1_exits() {
-    if !can_unshare() {
+    if !require(&[Need::Unshare]) {
         return;
     }
     // A oneshot that double-forks a long sleeper into its own session (escaping its group):
     // when the table finishes, PID 1 must still TERM it and wait, leaving nothing behind.
-    let (mut c, dir, _out) = run_as_pid1(
-        "[step.daemonize]\ncommand = \"setsid sh -c 'sleep 300 & echo $! > pidfile' &\"\n",
-    );
+    // The sleeper's argument is unique to this run, so no other test's sleeper is counted.
+    let mark = tempfile::tempdir().unwrap();
+    let pidfile = mark.path().join("pidfile");
+    let secs = format!("300.{}", std::process::id());
+    let (mut c, _dir, _out) = run_as_pid1(&format!(
+        "[step.daemonize]\ncommand = \"setsid sh -c 'sleep {secs} & echo $! > {p}' & while [ ! -s {p} ]; do sleep 0.01; done\"\n",
+        p = pidfile.display()
+    ));
     let start = Instant::now();
     assert_eq!(wait_child(&mut c, Duration::from_secs(10)), 0);
     assert!(start.elapsed() < Duration::from_secs(5));
-    // The namespace is gone: every process in it was killed. Check no host `sleep 300` from it.
-    let _ = dir;
-    let leftovers = Command::new("sh")
-        .args(["-c", "pgrep -fx 'sleep 300' | wc -l"])
+    // The daemon was started (its pid written from inside the namespace) ...
+    wait_for("the daemon's pidfile", Duration::from_secs(5), || {
+        let t = std::fs::read_to_string(&pidfile).ok()?;
+        t.trim().parse::<u32>().ok()
+    });
+    // ... and PID 1 exited only once it was gone: no process runs `sleep <secs>` any more.
+    let leftovers = Command::new("pgrep")
+        .args(["-fx", &format!("sleep {secs}")])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&leftovers.stdout).trim(), "0");
+    assert_eq!(leftovers.status.code(), Some(1), "{leftovers:?}");
 }
 
 #[test]
 fn not_pid1_it_is_a_subreaper_and_reaps_orphans() {
     let s = Sup::start(&format!(
         r#"
-[step.orphans]
-command = ["python3", "{}", "--count", "200", "--sleep", "0.05"]
-[process.idle]
-command = ["sleep", "60"]
+[process.orphans]
+command = "python3 {} --count 200 --sleep 3; exec sleep 60"
 "#,
         fixture("orphan-maker.py")
     ));
-    s.wait_state("orphans", "done", Duration::from_secs(10));
-    // The orphans were re-parented to the shim (our child), not to the host's init.
+    // A running service's orphans (a finished step's are killed with it) are re-parented to
+    // the shim (our child, a child subreaper), not to the host's init: while they sleep, the
+    // shim's children are the supervisor and the 200 orphans.
     let shim = s.pid() as i32;
-    wait_for("orphans reaped", Duration::from_secs(2), || {
-        let zombies = crate_children(shim)
-            .into_iter()
-            .filter(|p| !alive(*p) && std::path::Path::new(&format!("/proc/{p}")).exists())
-            .count();
-        (zombies == 0).then_some(())
+    wait_for(
+        "200 orphans re-parented to the shim",
+        Duration::from_secs(10),
+        || (crate_children(shim).len() > 200).then_some(()),
+    );
+    // Once they exit, the shim reaps them: its only child is the supervisor again (a zombie
+    // stays in /proc, with its parent, until reaped).
+    wait_for("orphans reaped", Duration::from_secs(15), || {
+        (crate_children(shim).len() == 1).then_some(())
     });
     let st = std::fs::read_to_string(format!("/proc/{shim}/status")).unwrap();
     assert!(st.contains("State:\tS"), "{st}");

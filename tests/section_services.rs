@@ -9,10 +9,6 @@ use std::time::Duration;
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
-fn have(bin: &str) -> bool {
-    Path::new(bin).exists()
-}
-
 fn services_table(dir: &Path, pg: u16, redis: u16, web: u16) -> String {
     let nginx_conf = dir.join("nginx.conf");
     std::fs::write(
@@ -59,13 +55,11 @@ ready = {{ http = "http://127.0.0.1:{web}/", body = "nginx ok", interval = "50ms
 
 #[test]
 fn postgres_redis_nginx_become_ready_restart_and_stop_cleanly() {
-    if !have(&format!("{PG_BIN}/postgres"))
-        || !have("/usr/bin/redis-server")
-        || !have("/usr/sbin/nginx")
-    {
-        eprintln!(
-            "SKIP: postgresql-15, redis-server and nginx are needed (scripts/install-deps.sh)"
-        );
+    if !require(&[
+        Need::Bin("/usr/lib/postgresql/15/bin/postgres"),
+        Need::Bin("/usr/bin/redis-server"),
+        Need::Bin("/usr/sbin/nginx"),
+    ]) {
         return;
     }
     let (dir, port, cfg) = table("");
@@ -89,8 +83,12 @@ fn postgres_redis_nginx_become_ready_restart_and_stop_cleanly() {
     assert_eq!(pgst["state"], "ready");
     assert_eq!(rs["state"], "ready");
     // nginx waited for both.
-    assert!(ng["started_at"].as_u64() >= pgst["ready_at"].as_u64());
-    assert!(ng["started_at"].as_u64() >= rs["ready_at"].as_u64());
+    let at = |e: &serde_json::Value, k: &str| e[k].as_u64().unwrap_or_else(|| panic!("{k}: {e}"));
+    assert!(
+        at(&ng, "started_at") >= at(&pgst, "ready_at"),
+        "{ng}\n{pgst}"
+    );
+    assert!(at(&ng, "started_at") >= at(&rs, "ready_at"), "{ng}\n{rs}");
     // Postgres runs as user postgres.
     let pid = pgst["pid"].as_i64().unwrap();
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

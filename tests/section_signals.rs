@@ -14,27 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-fn can_unshare() -> bool {
-    let ok = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIP: cannot create a PID namespace here (needs root and util-linux unshare)");
-    }
-    ok
-}
-
-fn have_postgres() -> bool {
-    let ok = Path::new(&format!("{PG_BIN}/postgres")).exists();
-    if !ok {
-        eprintln!("SKIP: postgresql-15 is needed (scripts/install-deps.sh)");
-    }
-    ok
-}
+const POSTGRES: Need = Need::Bin("/usr/lib/postgresql/15/bin/postgres");
 
 /// The supervisor under `unshare` as PID 1, on `cfg`, output into `dir`.
 struct Pid1 {
@@ -82,6 +62,18 @@ impl Pid1 {
 
     fn out(&self) -> String {
         std::fs::read_to_string(self.dir.join("out.log")).unwrap_or_default()
+    }
+
+    /// Waits until stdout holds each of `lines` (e.g. a script's `name | up` after its trap).
+    fn wait_out(&self, lines: &[&str]) {
+        wait_for(
+            &format!("stdout lines {lines:?}"),
+            Duration::from_secs(10),
+            || {
+                let out = self.out();
+                lines.iter().all(|l| out.contains(l)).then_some(())
+            },
+        );
     }
 
     fn wait_err(&self, what: &str, timeout: Duration) {
@@ -257,14 +249,15 @@ const SILENT: &[i32] = &[
 
 #[test]
 fn every_catchable_signal_to_pid1_has_its_documented_effect() {
-    if !can_unshare() {
+    if !require(&[Need::Unshare]) {
         return;
     }
     let (dir, _port, cfg) = table(
-        "[process.svc]\ncommand = \"trap 'echo got-term; exit 0' TERM; while true; do sleep 0.05; done\"\n",
+        "[process.svc]\ncommand = \"trap 'echo got-term; exit 0' TERM; echo up; while true; do sleep 0.05; done\"\n",
     );
     let mut p = Pid1::start(dir.path(), &cfg);
     p.wait_err("svc: ready", Duration::from_secs(10));
+    p.wait_out(&["svc | up"]);
     let svc_pid = p.supervisor();
     for &sig in SILENT {
         p.signal(sig);
@@ -273,16 +266,18 @@ fn every_catchable_signal_to_pid1_has_its_documented_effect() {
         p.signal(sig);
         p.wait_err(&effect, Duration::from_secs(5));
     }
+    // USR2 prints one line per entry: `  svc   ready   pid N   restarts 0`.
+    let err = p.err();
     assert!(
-        p.err().contains("svc"),
-        "USR2 prints each entry:\n{}",
-        p.err()
+        err.lines()
+            .any(|l| l.starts_with("  svc ") && l.contains(" ready ") && l.ends_with("restarts 0")),
+        "USR2 prints each entry:\n{err}"
     );
     // Still running, same supervisor, the service never restarted.
     assert!(p.running());
     assert_eq!(p.supervisor(), svc_pid);
     assert!(!p.err().contains("svc: exited"), "{}", p.err());
-    assert!(!p.err().contains("svc: started (pid") || p.err().matches("svc: started").count() == 1);
+    assert_eq!(p.err().matches("svc: started").count(), 1, "{}", p.err());
     // The stopping signals: QUIT, INT and TERM each stop gracefully with exit code 0.
     p.signal(libc::SIGTERM);
     assert_eq!(p.wait_exit(Duration::from_secs(10)), 0);
@@ -344,7 +339,7 @@ fn assert_clean_start(out: &str) {
 
 #[test]
 fn signal_matrix_with_postgres_stops_it_cleanly() {
-    if !can_unshare() || !have_postgres() {
+    if !require(&[Need::Unshare, POSTGRES]) {
         return;
     }
     let (dir, _port, cfg) = table("");
@@ -433,7 +428,7 @@ fn escaped_stubborn_daemon_stops_inside_the_budget() {
 
 #[test]
 fn postmaster_sigkilled_recovers_quickly_without_a_shared_memory_storm() {
-    if !have_postgres() {
+    if !require(&[POSTGRES]) {
         return;
     }
     let (dir, port, cfg) = table("");
@@ -489,7 +484,7 @@ fn postmaster_sigkilled_recovers_quickly_without_a_shared_memory_storm() {
 
 #[test]
 fn supervisor_killed_as_pid1_stops_entries_in_reverse_order_with_their_signals() {
-    if !can_unshare() {
+    if !require(&[Need::Unshare]) {
         return;
     }
     let (dir, _port, cfg) = table("");
@@ -497,13 +492,13 @@ fn supervisor_killed_as_pid1_stops_entries_in_reverse_order_with_their_signals()
     let body = format!(
         r#"
 [process.db]
-command = "trap 'echo db INT >> {l}; exit 0' INT; while true; do sleep 0.05 & wait; done"
+command = "trap 'echo db INT >> {l}; exit 0' INT; echo up; while true; do sleep 0.05 & wait; done"
 stop_signal = "SIGINT"
 [process.app]
-command = "trap 'echo app TERM >> {l}; exit 0' TERM; while true; do sleep 0.05 & wait; done"
+command = "trap 'echo app TERM >> {l}; exit 0' TERM; echo up; while true; do sleep 0.05 & wait; done"
 after = ["db"]
 [process.web]
-command = "trap 'echo web QUIT >> {l}; exit 0' QUIT; while true; do sleep 0.05 & wait; done"
+command = "trap 'echo web QUIT >> {l}; exit 0' QUIT; echo up; while true; do sleep 0.05 & wait; done"
 stop_signal = "SIGQUIT"
 after = ["app"]
 "#,
@@ -514,6 +509,8 @@ after = ["app"]
     // foreground job on its stderr would die of SIGPIPE before its trap runs.)
     let mut p = Pid1::start(dir.path(), &cfg);
     p.wait_err("web: ready", Duration::from_secs(10));
+    // Ready means started: wait for each trap to be set.
+    p.wait_out(&["db | up", "app | up", "web | up"]);
     let start = Instant::now();
     unsafe { libc::kill(p.supervisor(), libc::SIGKILL) };
     assert_eq!(p.wait_exit(Duration::from_secs(10)), 128 + 9);
@@ -528,7 +525,7 @@ after = ["app"]
 
 #[test]
 fn supervisor_killed_as_pid1_postgres_gets_sigint_and_needs_no_recovery() {
-    if !can_unshare() || !have_postgres() {
+    if !require(&[Need::Unshare, POSTGRES]) {
         return;
     }
     let (dir, _port, cfg) = table("");

@@ -40,6 +40,15 @@ fn version(v: &str) -> String {
 /// Starts a supervisor whose `app` serves `app/appcode.py` on a free port with `watch_extra`
 /// in its watch table (and `extra` appended to the table).
 fn start_app(watch_extra: &str, extra: &str, env: &[(&str, &str)]) -> (Sup, u16) {
+    start_app_debounced("100ms", watch_extra, extra, env)
+}
+
+fn start_app_debounced(
+    debounce: &str,
+    watch_extra: &str,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> (Sup, u16) {
     let app_port = free_port();
     let body = format!(
         r#"
@@ -50,7 +59,7 @@ env = {{ PYTHONDONTWRITEBYTECODE = "1" }}
 ready = {{ http = "http://127.0.0.1:{app_port}/", interval = "50ms" }}
 restart = {{ max_restarts = 2, backoff = "100ms" }}
 stop_timeout = "2s"
-watch = {{ paths = ["."], debounce = "100ms" {watch_extra} }}
+watch = {{ paths = ["."], debounce = "{debounce}" {watch_extra} }}
 {extra}
 "#
     );
@@ -135,7 +144,8 @@ fn an_edit_is_served_after_one_reload() {
 
 #[test]
 fn a_burst_of_200_files_is_one_reload() {
-    let (s, port) = start_app("", "", &[]);
+    // 500 ms of quiet ends the burst: room for a loaded machine's stalls between the writes.
+    let (s, port) = start_app_debounced("500ms", "", "", &[]);
     wait_watching(&s, "app");
     for k in 0..200 {
         write(&s.path(&format!("app/data/f{k:03}.txt")), "x");
@@ -143,18 +153,32 @@ fn a_burst_of_200_files_is_one_reload() {
     write(&s.path("app/appcode.py"), &version("burst"));
     wait_served(&s, port, "burst");
     wait_reloads(&s, "app", 1);
-    std::thread::sleep(Duration::from_millis(800));
-    let w2 = watch_of(&s, "app");
-    let n = w2["reloads"].as_u64().unwrap();
-    assert!((1..=2).contains(&n), "{n} reloads for one burst: {w2}");
-    let files: u64 = w2["trains"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["count"].as_u64().unwrap())
-        .sum();
-    assert!(files >= 201, "every file counted: {w2}");
-    assert!(w2["trains"][0]["files"].as_array().unwrap().len() <= 10);
+    // A sentinel save after the burst: once its own train is done, every event of the burst
+    // has been handled, so the burst made exactly the train before it.
+    let w = save_sentinel(&s, "app");
+    assert_eq!(
+        w["reloads"], 2,
+        "one reload for the burst, one for the sentinel: {w}"
+    );
+    let burst = &w["trains"][0];
+    // Every path counted: the new directory `data`, its 200 files and appcode.py.
+    assert_eq!(burst["count"], 202, "{burst}");
+    assert!(burst["files"].as_array().unwrap().len() <= 10, "{burst}");
+}
+
+/// Saves `<name's dir>/sentinel.txt` and waits for the reload it causes; asserts that reload's
+/// train holds only the sentinel (nothing else was pending) and returns the watch status.
+fn save_sentinel(s: &Sup, name: &str) -> Value {
+    let before = watch_of(s, name)["reloads"].as_u64().unwrap();
+    write(
+        &s.path(&format!("{name}/sentinel.txt")),
+        &format!("{before}"),
+    );
+    let w = wait_reloads(s, name, before + 1);
+    let last = w["trains"].as_array().unwrap().last().cloned().unwrap();
+    assert_eq!(last["files"], serde_json::json!(["sentinel.txt"]), "{w}");
+    assert_eq!(last["count"], 1, "{w}");
+    w
 }
 
 #[test]
@@ -169,11 +193,10 @@ fn pyc_git_and_editor_files_trigger_nothing() {
     write(&s.path("app/node_modules/x/index.js"), "x");
     write(&s.path("app/.appcode.py.swp"), "x");
     write(&s.path("app/appcode.py~"), "x");
-    std::thread::sleep(Duration::from_millis(1000));
-    let w = watch_of(&s, "app");
-    assert_eq!(w["reloads"], 0, "{w}");
-    assert_eq!(w["pending"], 0, "{w}");
-    assert_eq!(s.entry("app")["pid"], pid);
+    // None of those is pending or reloaded: the sentinel's train is the first and holds only it.
+    let w = save_sentinel(&s, "app");
+    assert_eq!(w["reloads"], 1, "{w}");
+    assert_ne!(s.entry("app")["pid"], pid);
 }
 
 #[test]
@@ -201,10 +224,17 @@ watch = {{ debounce = "100ms", ignore = ["*.log", "tmp/**"] }}
     write(&s.path("app/tmp/a/b"), "x");
     write(&s.path("app/build/bundle.js"), "x");
     write(&s.path("app/x.out"), "x");
-    std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(watch_of(&s, "app")["reloads"], 0);
+    // The next save is the first reload, and its train holds only that file.
     write(&s.path("app/appcode.py"), &version("v2"));
     wait_served(&s, port, "v2");
+    let w = wait_reloads(&s, "app", 1);
+    assert_eq!(w["reloads"], 1, "{w}");
+    assert_eq!(
+        w["trains"][0]["files"],
+        serde_json::json!(["appcode.py"]),
+        "{w}"
+    );
+    assert_eq!(w["trains"][0]["count"], 1, "{w}");
 }
 
 #[test]
@@ -212,8 +242,7 @@ fn forced_polling_reloads() {
     let (s, port) = start_app(r#", mode = "poll", poll_interval = "100ms""#, "", &[]);
     let w = wait_watching(&s, "app");
     assert_eq!(w["mode"], "poll", "{w}");
-    // The poller compares modification times: let the first scan settle.
-    std::thread::sleep(Duration::from_millis(300));
+    // `mode` is reported once the poller's first scan (its baseline) is taken.
     write(&s.path("app/appcode.py"), &version("polled"));
     wait_served(&s, port, "polled");
     let w = wait_reloads(&s, "app", 1);
@@ -240,7 +269,6 @@ fn auto_falls_back_to_polling_and_says_so() {
         "{w}"
     );
     assert!(s.stderr_text().contains("native watcher unavailable"));
-    std::thread::sleep(Duration::from_millis(300));
     write(&s.path("app/appcode.py"), &version("fallback"));
     wait_served(&s, port, "fallback");
 }
@@ -275,12 +303,16 @@ fn pause_holds_changes_and_resume_reloads_once() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(watch_of(&s, "app")["paused"], true);
     write(&s.path("app/appcode.py"), &version("p1"));
-    std::thread::sleep(Duration::from_millis(300));
+    let pending = |n: u64| {
+        wait_for(&format!("{n} pending"), T, || {
+            let w = watch_of(&s, "app");
+            (w["pending"].as_u64() == Some(n)).then_some(w)
+        })
+    };
+    pending(1);
     write(&s.path("app/other.py"), "x = 1\n");
-    std::thread::sleep(Duration::from_millis(700));
-    let w = watch_of(&s, "app");
+    let w = pending(2);
     assert_eq!(w["reloads"], 0, "{w}");
-    assert_eq!(w["pending"], 2, "{w}");
     assert_eq!(get_body(port).as_deref(), Some("v1"));
     // Over HTTP too: unknown entries and unwatched ones are refused.
     let out = s.cli(&["resume", "app"]);
@@ -326,9 +358,10 @@ watch = {{ debounce = "100ms" }}
     // Flask writes __pycache__ on import: ignored, so no reload loop.
     write(&s.path("web/app.py"), &view("hello, edited view"));
     wait_served(&s, app_port, "hello, edited view");
-    let w = wait_reloads(&s, "web", 1);
-    std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(watch_of(&s, "web")["reloads"], 1, "{w}");
+    wait_reloads(&s, "web", 1);
+    // No reload of its own making: the next one is the sentinel's, holding only it.
+    let w = save_sentinel(&s, "web");
+    assert_eq!(w["reloads"], 2, "{w}");
 }
 
 fn step_table(app_port: u16) -> String {

@@ -178,6 +178,16 @@ impl Sup {
         })
     }
 
+    /// Waits until the supervisor's stdout (the entries' prefixed output) contains each of
+    /// `lines`, e.g. `"svc | up"` printed by a script once its trap is set: a process is
+    /// "ready" as soon as it started, before its first line ran.
+    pub fn wait_stdout(&self, lines: &[&str], timeout: Duration) {
+        wait_for(&format!("stdout lines {lines:?}"), timeout, || {
+            let out = self.stdout_text();
+            lines.iter().all(|l| out.contains(l)).then_some(())
+        })
+    }
+
     /// Runs the CLI against this supervisor.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
@@ -296,4 +306,92 @@ pub fn alive(pid: i32) -> bool {
         Ok(s) => !s.contains(") Z "),
         Err(_) => false,
     }
+}
+
+/// A prerequisite a test needs from the machine (see [`require`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Need<'a> {
+    /// Effective uid 0.
+    Root,
+    /// A fresh PID namespace can be made: `unshare --pid --fork --mount-proc true` succeeds.
+    Unshare,
+    /// An executable: an absolute path, or a name looked up on PATH.
+    Bin(&'a str),
+    /// A Docker engine answers `docker info`.
+    Docker,
+}
+
+impl Need<'_> {
+    /// None when present, else why not.
+    fn missing(self) -> Option<String> {
+        match self {
+            Need::Root => (unsafe { libc::geteuid() } != 0).then(|| "needs root".to_string()),
+            Need::Unshare => (!succeeds("unshare", &["--pid", "--fork", "--mount-proc", "true"]))
+                .then(|| {
+                    "cannot create a PID namespace (needs root and util-linux unshare)".into()
+                }),
+            Need::Bin(b) => {
+                (!on_path(b)).then(|| format!("{b} is not installed (scripts/install-deps.sh)"))
+            }
+            Need::Docker => (!succeeds("docker", &["info"])).then(|| "no Docker engine".into()),
+        }
+    }
+}
+
+fn succeeds(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn on_path(bin: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if bin.contains('/') {
+        return executable(Path::new(bin));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| executable(&d.join(bin))))
+}
+
+/// Is this a CI run (`CI=true`), where every prerequisite can be installed and a skip is a failure?
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Checks a test's prerequisites. All present: true. One missing: prints
+/// `SKIP <test>: <reason>` to stderr (past libtest's capture, so it is always seen), appends
+/// the same line to the file named by `DMP_SKIP_LOG` (scripts/test.sh counts them as skipped)
+/// and returns false, so the test returns early. Under `CI=true` it panics instead.
+///
+/// ```ignore
+/// if !require(&[Need::Unshare, Need::Bin("/usr/lib/postgresql/15/bin/postgres")]) { return; }
+/// ```
+pub fn require(needs: &[Need]) -> bool {
+    let Some(reason) = needs.iter().find_map(|n| n.missing()) else {
+        return true;
+    };
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("<test>");
+    if under_ci() {
+        panic!("{test}: prerequisite missing under CI=true: {reason}");
+    }
+    let line = format!("SKIP {test}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    if let Some(log) = std::env::var_os("DMP_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+    false
 }

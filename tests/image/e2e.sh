@@ -7,7 +7,7 @@
 #   3. `docker stop` must take < 10 s; start again: Postgres must not need crash recovery
 #   4. run it with a tiny Flask app mounted as digitalmarketplace-buyer-frontend (only app.py and
 #      requirements.txt): it is served at / through nginx; edit app.py and the new text is served
-#   Prints the measured timings.  No Docker engine: prints SKIP and exits 0.
+#   Prints the measured timings.  No Docker engine: prints SKIP and exits 77 (skipped).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,7 +17,7 @@ export IMAGE_TAG=$IMAGE
 
 if ! docker info >/dev/null 2>&1; then
     echo "SKIP: no Docker engine"
-    exit 0
+    exit 77
 fi
 
 now() { date +%s.%N; }

@@ -14,7 +14,7 @@ repo=$(cd "$here/../.." && pwd)
 template="$repo/resources-for-container/nginx.conf.template"
 
 for tool in nginx python3 curl; do
-    command -v "$tool" >/dev/null || { echo "SKIP: $tool not installed"; exit 0; }
+    command -v "$tool" >/dev/null || { echo "SKIP: $tool not installed"; exit 77; }
 done
 
 tmp=$(mktemp -d /tmp/dmp-nginx-routing.XXXXXX)

@@ -15,7 +15,7 @@
 #      and the 1,000 orphans are still reaped
 #
 # Builds the image (scripts/build-image.sh) only when IMAGE_TAG (dmp-contained) is missing or
-# older than target/release/dmp-contained.  No Docker engine: prints SKIP and exits 0.
+# older than target/release/dmp-contained.  No Docker engine: prints SKIP and exits 77 (skipped).
 # Prints a PASS/FAIL summary; exits 1 if any case failed.
 set -uo pipefail
 
@@ -25,7 +25,7 @@ IMAGE=${IMAGE_TAG:-dmp-contained}
 
 if ! docker info >/dev/null 2>&1; then
     echo "SKIP: no Docker engine"
-    exit 0
+    exit 77
 fi
 
 # --- image: build only when missing or older than the binary ----------------------------------

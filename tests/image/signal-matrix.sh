@@ -7,7 +7,7 @@
 # down"), the next start must need no crash recovery, and `docker stop` must finish in < 10 s.
 #
 # The binary of this tree (target/release/dmp-contained) is bind-mounted over the image's, so an
-# image built before these changes still tests this code. No Docker engine or no image: SKIP.
+# image built before these changes still tests this code. No Docker engine or no image: SKIP (exit 77).
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,9 +15,9 @@ repo=$(cd "$here/../.." && pwd)
 IMAGE=${IMAGE_TAG:-dmp-contained}
 bin="$repo/target/release/dmp-contained"
 
-if ! docker info >/dev/null 2>&1; then echo "SKIP: no Docker engine"; exit 0; fi
+if ! docker info >/dev/null 2>&1; then echo "SKIP: no Docker engine"; exit 77; fi
 if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
-    echo "SKIP: no image $IMAGE (scripts/build-image.sh)"; exit 0
+    echo "SKIP: no image $IMAGE (scripts/build-image.sh)"; exit 77
 fi
 [ -x "$bin" ] || { echo "FAIL: no binary at $bin (cargo build --release)"; exit 1; }
 
