@@ -18,6 +18,7 @@ mod process;
 mod runner;
 mod state;
 mod supervisor;
+mod unavailable;
 mod watch;
 
 use clap::{Parser, Subcommand, ValueEnum};

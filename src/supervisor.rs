@@ -79,6 +79,12 @@ pub enum Control {
         files: usize,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Reply once entry `idx` is ready/done (Ok) or has settled elsewhere (Err with why); at
+    /// once when it is not on its way to ready (src/unavailable.rs holds requests with it).
+    AwaitSettled {
+        idx: usize,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// `snapshot save|restore NAME`.
     Snapshot {
         op: SnapOp,
@@ -814,6 +820,20 @@ impl Supervisor {
                 self.begin_shutdown(None);
             }
             Control::Reload { idx, files, reply } => self.reload(idx, files, reply),
+            Control::AwaitSettled { idx, reply } => match self.state(idx) {
+                State::Ready | State::Done | State::Cached => {
+                    let _ = reply.send(Ok(()));
+                }
+                State::Starting | State::Stopping | State::Waiting | State::Running
+                    if self.stopping.is_none() =>
+                {
+                    self.rt[idx].reload_waiters.push(reply)
+                }
+                s => {
+                    let why = self.rt[idx].reason.clone();
+                    let _ = reply.send(Err(why.unwrap_or_else(|| state_name(s))));
+                }
+            },
             Control::Snapshot { op, name, reply } => self.cache_snapshot(op, name, reply),
             Control::Act {
                 action,

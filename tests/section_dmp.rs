@@ -177,3 +177,81 @@ after = ["a"]
     );
     assert!(!all.contains("skipped (`status --all`"), "{all}");
 }
+
+#[test]
+fn unavailable_route_says_why_and_holds_a_request_during_a_restart() {
+    let port = free_port();
+    let s = Sup::start(&format!(
+        r#"
+[process.web]
+command = "sleep 1; exec python3 -m http.server --bind 127.0.0.1 {port}"
+ready = {{ tcp = "127.0.0.1:{port}", interval = "50ms" }}
+[process.broken]
+command = "echo 'ModuleNotFoundError: No module named flask_login'; exit 1"
+restart = {{ backoff = "50ms", max_restarts = 1, window = "60s" }}
+[process.absent]
+command = ["sleep", "60"]
+when_exists = "/nonexistent/app"
+"#
+    ));
+    s.wait_state("web", "ready", Duration::from_secs(10));
+    s.wait_state("broken", "failed", Duration::from_secs(10));
+    let orig = [("X-Dmp-Original-Uri", "/search?q=cloud")];
+
+    // Being restarted: the request is held until it is ready, then retried with a 307.
+    assert!(s.cli(&["restart", "web"]).status.success());
+    let resp = raw_http(s.port, "/_supervisor/unavailable/web", &orig);
+    assert!(resp.starts_with("HTTP/1.1 307"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("location: /search?q=cloud"),
+        "{resp}"
+    );
+    assert_eq!(s.state("web"), "ready");
+
+    // Failed: 503 with the reason and the last line it logged, refreshing itself.
+    let resp = raw_http(s.port, "/_supervisor/unavailable/broken", &orig);
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    assert!(resp.to_ascii_lowercase().contains("refresh: 3"), "{resp}");
+    assert!(resp.contains("broken is failed"), "{resp}");
+    assert!(resp.contains("No module named flask_login"), "{resp}");
+
+    // Stopped by request: 503 at once (not held), as JSON for the API proxies.
+    assert!(s.cli(&["stop", "web"]).status.success());
+    s.wait_state("web", "stopped", Duration::from_secs(10));
+    let (code, body) = http(
+        s.port,
+        "GET",
+        "/_supervisor/unavailable/web?format=json",
+        &orig,
+    );
+    assert_eq!(code, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["state"], "stopped", "{v}");
+
+    // Not mounted (skipped) or unknown: 404, so nginx shows the example app's page.
+    assert_eq!(
+        http(s.port, "GET", "/_supervisor/unavailable/absent", &[]).0,
+        404
+    );
+    assert_eq!(
+        http(s.port, "GET", "/_supervisor/unavailable/nope", &[]).0,
+        404
+    );
+}
+
+/// GET returning the whole response (status line and headers too).
+fn raw_http(port: u16, path: &str, headers: &[(&str, &str)]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf
+}
