@@ -85,6 +85,14 @@ enum RawCommand {
     Argv(Vec<String>),
 }
 
+/// A port: a number, or a string interpolated like every other value (`"${PG_PORT:-5432}"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPort {
+    Number(u16),
+    Text(String),
+}
+
 /// An entry's `env_file`: one path, or a list where later files win; a path ending in `?`
 /// may be missing.
 #[derive(Deserialize, Default)]
@@ -120,7 +128,7 @@ struct RawEntry {
     #[serde(default)]
     after: Vec<String>,
     #[serde(default)]
-    ports: Vec<u16>,
+    ports: Vec<RawPort>,
     stop_signal: Option<String>,
     stop_timeout: Option<String>,
     #[serde(default)]
@@ -637,6 +645,24 @@ pub fn parse(
             });
         }
 
+        let mut ports = Vec::new();
+        for p in &r.ports {
+            match p {
+                RawPort::Number(n) => ports.push(*n),
+                RawPort::Text(t) => {
+                    let v = x(&mut errs, &span, "ports", t);
+                    match v.trim().parse::<u16>() {
+                        Ok(n) => ports.push(n),
+                        Err(_) => errs.key(
+                            &span,
+                            "ports",
+                            format!("{ctx}: port {t:?} is {v:?}, not a port number (0-65535)"),
+                        ),
+                    }
+                }
+            }
+        }
+
         let stop_signal = match &r.stop_signal {
             None => nix::sys::signal::Signal::SIGTERM,
             Some(s) => {
@@ -939,7 +965,7 @@ pub fn parse(
             declared_env: declared.into_iter().collect(),
             user,
             after,
-            ports: r.ports.clone(),
+            ports,
             stop_signal,
             stop_timeout,
             critical: r.critical,
