@@ -2,9 +2,9 @@
 //!
 //! nginx sends a request here when the app's port refused it (502/504), with the original URI
 //! in `X-Dmp-Original-Uri`. The answer never looks fine:
-//! - the app is being reloaded or restarted (it was up before): the request is held until it is
-//!   ready again (at most `HOLD`), then answered `307` to the same URI, so the browser retries
-//!   it against the new code instead of seeing a placeholder;
+//! - the app is being reloaded, restarted or started: the request is held until it is ready
+//!   (at most `HOLD`), then answered `307` to the same URI, so the browser retries it against
+//!   the new code instead of seeing a placeholder;
 //! - otherwise `503` naming the app's real state and reason (with its last log line when it
 //!   failed), refreshing itself every few seconds;
 //! - an entry that is skipped (its repository is not mounted) or unknown is `404`: nginx then
@@ -73,10 +73,11 @@ pub async fn respond(api: &Api, name: &str, original_uri: Option<&str>, as_json:
     )
 }
 
-/// Was up before and is on its way back (hot reload, restart, crash with a restart due)?
+/// On its way to ready after having run (hot reload, restart; `runs` counts starts, so a
+/// restart's stop and wait have `runs >= 1` and its start `runs >= 2`), or starting now?
 fn being_reloaded(e: &Value) -> bool {
     let reloading = e["watch"]["reloading"].as_bool() == Some(true);
-    let restarting = e["runs"].as_u64().unwrap_or(0) > 1
+    let restarting = e["runs"].as_u64().unwrap_or(0) >= 1
         && matches!(
             e["state"].as_str(),
             Some("starting" | "stopping" | "waiting")

@@ -460,6 +460,40 @@ fn shipped_table_runs_the_dmp_like_stack_on_the_host() {
         "{text}"
     );
 
+    // search-api's own /_status needs Elasticsearch (hence the /healthcheck probe); with the
+    // clearly labelled fake ES listening, it is 200.
+    let sapi = ports.search();
+    assert_eq!(
+        http(sapi, "GET", "/_status?ignore-dependencies", &[]).0,
+        500
+    );
+    assert_eq!(http(sapi, "GET", "/healthcheck", &[]).0, 200);
+    let fake_es = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/dmp-like/elasticsearch/fake-elasticsearch.py");
+    let mut es = std::process::Command::new("python3")
+        .arg(fake_es)
+        .arg((ports.base + 99).to_string())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "search-api /_status with the fake ES",
+        Duration::from_secs(10),
+        || (http(sapi, "GET", "/_status", &[]).0 == 200).then_some(()),
+    );
+    let _ = es.kill();
+    let _ = es.wait();
+
+    // A restart behind nginx: the request is held and retried (307 to the same URI), never a
+    // placeholder.
+    assert!(shipped_cli(&s, &ports, &["restart", "buyer-frontend"]).contains("restarting"));
+    let (code, _) = http(ports.nginx(), "GET", "/?during=restart", &[]);
+    assert!(
+        code == 307 || code == 200,
+        "during a restart / answered {code}"
+    );
+    s.wait_state("buyer-frontend", "ready", minute);
+    let buyer = s.entry("buyer-frontend");
+
     // A template-only edit: no restart (Flask debug mode reloads templates itself).
     let repo = s.path("mount/apps-github-repos/digitalmarketplace-buyer-frontend");
     let tpl = repo.join("app/templates/index.html");
