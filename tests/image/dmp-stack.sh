@@ -5,7 +5,7 @@
 #   cold start: the buyer becomes ready after the api (it calls the api at boot), search-api runs
 #   without Elasticsearch, / through nginx shows data from Postgres via the api and the value from
 #   mount/.env; a broken save of the buyer -> / is 503 naming the error, health red; the fixed save
-#   -> 200; `docker stop` -> exit code 0; `docker start` (warm) -> the buyer is ready again.
+#   -> 200; a restart -> / held then 307; `docker stop` -> exit code 0; `docker start` (warm) -> the buyer is ready again.
 # Env: IMAGE_TAG (dmp-contained-dmp), SKIP_BUILD=1 to reuse the image, WEB_PORT (23300).
 # Prints the measured timings.  No Docker engine: prints SKIP and exits 0.
 set -euo pipefail
@@ -92,6 +92,15 @@ cp "$tmp/good.py" "$app"
 wait_state buyer-frontend ready 120
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$WEB/")" = 200 ] || fail "fixed save: / is not 200"
 echo "ok: fixed save -> / 200"
+
+# A restart behind nginx: the request is held, then retried with a 307 (never a placeholder).
+docker exec "$c" dmp-contained restart buyer-frontend >/dev/null
+out=$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' "http://127.0.0.1:$WEB/?during=restart")
+case "$out" in
+    "307 http://127.0.0.1:$WEB/?during=restart" | "200 "*) echo "ok: / during a restart -> $out" ;;
+    *) fail "/ during a restart answered: $out" ;;
+esac
+wait_state buyer-frontend ready 60
 
 t=$(now)
 docker stop "$c" >/dev/null
