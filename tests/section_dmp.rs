@@ -331,8 +331,8 @@ impl StackPorts {
     }
 }
 
-/// A temp root with mount/apps-github-repos/ holding the stand-ins (their app code; requirement
-/// pins are left out: no PyPI here) and a mount/.env.
+/// A temp root with mount/apps-github-repos/ holding the stand-ins (as checkouts: app code,
+/// requirement pins and npm files, whatever the fixture holds) and a mount/.env.
 fn stack_root(ports: &StackPorts, dotenv_extra: &str) -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
@@ -340,12 +340,11 @@ fn stack_root(ports: &StackPorts, dotenv_extra: &str) -> tempfile::TempDir {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let repos = dir.path().join("mount/apps-github-repos");
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dmp-like");
-    for app in [
-        "digitalmarketplace-api",
-        "digitalmarketplace-buyer-frontend",
-        "digitalmarketplace-search-api",
-    ] {
-        copy_tree(&fixtures.join(app), &repos.join(app));
+    for app in ["api", "buyer-frontend", "search-api"] {
+        copy_tree(
+            &fixtures.join(app),
+            &repos.join(format!("digitalmarketplace-{app}")),
+        );
     }
     for d in ["cache", "run", "redis"] {
         std::fs::create_dir_all(dir.path().join(d)).unwrap();
@@ -369,7 +368,8 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
         let e = e.unwrap();
         let name = e.file_name();
         let n = name.to_string_lossy();
-        if n.starts_with("requirements") || n == "__pycache__" {
+        // Build products of an earlier local run are not part of the checkout.
+        if ["__pycache__", "node_modules", "static"].contains(&n.as_ref()) {
             continue;
         }
         if e.file_type().unwrap().is_dir() {

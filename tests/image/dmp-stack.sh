@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The shipped supervisor.toml in the image with the dmp-like stand-ins mounted (issue #10):
-# tests/fixtures/dmp-like/ copied into mount/apps-github-repos/ (app code only: no requirement
-# pins, no PyPI needed), plus a mount/.env.  Checks:
+# tests/fixtures/dmp-like/APP copied into mount/apps-github-repos/digitalmarketplace-APP (app code,
+# and the requirement pins and npm files where the fixture has them), plus a mount/.env.  Checks:
 #   cold start: the buyer becomes ready after the api (it calls the api at boot), search-api runs
 #   without Elasticsearch, / through nginx shows data from Postgres via the api and the value from
 #   mount/.env; a broken save of the buyer -> / is 503 naming the error, health red; the fixed save
@@ -38,9 +38,9 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$tmp/mount/apps-github-repos"
-for app in digitalmarketplace-api digitalmarketplace-buyer-frontend digitalmarketplace-search-api; do
-    cp -r "$repo/tests/fixtures/dmp-like/$app" "$tmp/mount/apps-github-repos/"
-    rm -f "$tmp/mount/apps-github-repos/$app"/requirements*.txt
+for app in api buyer-frontend search-api; do
+    cp -r "$repo/tests/fixtures/dmp-like/$app" "$tmp/mount/apps-github-repos/digitalmarketplace-$app"
+    rm -rf "$tmp/mount/apps-github-repos/digitalmarketplace-$app"/{node_modules,app/static}
 done
 printf 'BUYER_GREETING=Hello from mount/.env\n' >"$tmp/mount/.env"
 
