@@ -103,6 +103,15 @@ impl Api {
                 ),
             },
             (&Method::GET, ["health"]) => self.health().await,
+            // Any method: nginx forwards the request that found the app down (src/unavailable.rs).
+            (_, ["unavailable", name]) => {
+                let uri = req
+                    .headers()
+                    .get("x-dmp-original-uri")
+                    .and_then(|h| h.to_str().ok());
+                let as_json = query.split('&').any(|q| q == "format=json");
+                crate::unavailable::respond(self, name, uri, as_json).await
+            }
             (&Method::GET, ["metrics"]) => self.metrics().await,
             (&Method::GET, ["logs", name]) => self.logs(name, &query),
             (&Method::POST, ["entries", name, action]) | (&Method::POST, [action, name])

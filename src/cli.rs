@@ -63,7 +63,7 @@ impl Client {
     }
 }
 
-pub async fn status(c: &Client, as_json: bool) -> i32 {
+pub async fn status(c: &Client, as_json: bool, all: bool) -> i32 {
     let v = match c.json("GET", "/status").await {
         Ok((200, v)) => v,
         Ok((code, v)) => return refused(code, &v),
@@ -85,7 +85,12 @@ pub async fn status(c: &Client, as_json: bool) -> i32 {
         "{:<24} {:<8} {:<9} {:>7} {:>8} {:>9}  reason",
         "ENTRY", "KIND", "STATE", "PID", "RESTARTS", "READY(s)"
     );
+    let mut skipped = Vec::new();
     for e in v["entries"].as_array().into_iter().flatten() {
+        if !all && e["state"] == "skipped" {
+            skipped.push(e["name"].as_str().unwrap_or("?"));
+            continue;
+        }
         println!(
             "{:<24} {:<8} {:<9} {:>7} {:>8} {:>9}  {}",
             e["name"].as_str().unwrap_or(""),
@@ -100,10 +105,34 @@ pub async fn status(c: &Client, as_json: bool) -> i32 {
                 .as_f64()
                 .map(|t| format!("{t:.2}"))
                 .unwrap_or("-".into()),
-            e["reason"].as_str().unwrap_or("")
+            reason_text(e)
+        );
+    }
+    if !skipped.is_empty() {
+        println!(
+            "{} skipped (`status --all` shows why): {}",
+            skipped.len(),
+            skipped.join(", ")
         );
     }
     0
+}
+
+/// An entry's reason; for a failed entry, with the last line it logged.
+fn reason_text(e: &Value) -> String {
+    let reason = e["reason"].as_str().unwrap_or("").to_string();
+    let last = e["log_tail"].as_array().and_then(|t| {
+        t.iter()
+            .rev()
+            .filter_map(Value::as_str)
+            .find(|l| !l.trim().is_empty())
+    });
+    match last {
+        Some(l) if e["state"] == "failed" && !reason.contains(l.trim()) => {
+            format!("{reason}; last log line: {}", l.trim())
+        }
+        _ => reason,
+    }
 }
 
 pub async fn health(c: &Client) -> i32 {

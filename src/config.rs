@@ -85,6 +85,35 @@ enum RawCommand {
     Argv(Vec<String>),
 }
 
+/// A port: a number, or a string interpolated like every other value (`"${PG_PORT:-5432}"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPort {
+    Number(u16),
+    Text(String),
+}
+
+/// An entry's `env_file`: one path, or a list where later files win; a path ending in `?`
+/// may be missing.
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum RawEnvFiles {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl RawEnvFiles {
+    fn paths(&self) -> &[String] {
+        match self {
+            RawEnvFiles::None => &[],
+            RawEnvFiles::One(p) => std::slice::from_ref(p),
+            RawEnvFiles::Many(v) => v,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEntry {
@@ -92,13 +121,14 @@ struct RawEntry {
     cwd: Option<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
-    env_file: Option<String>,
+    #[serde(default)]
+    env_file: RawEnvFiles,
     user: Option<String>,
     group: Option<String>,
     #[serde(default)]
     after: Vec<String>,
     #[serde(default)]
-    ports: Vec<u16>,
+    ports: Vec<RawPort>,
     stop_signal: Option<String>,
     stop_timeout: Option<String>,
     #[serde(default)]
@@ -315,7 +345,15 @@ pub fn parse(
     // Interpolation environment: the process environment wins over the env_file.
     let mut vars = BTreeMap::new();
     if let Some(f) = &settings_raw.env_file {
-        let p = resolve(&base, f);
+        // Interpolated from the process environment only (the file cannot name itself).
+        let f = match interp::expand(f, &|n: &str| environ.get(n).cloned()) {
+            Ok(v) => v,
+            Err(e) => {
+                errs.key(&sup_span, "env_file", e);
+                f.clone()
+            }
+        };
+        let p = resolve(&base, &f);
         match std::fs::read_to_string(&p) {
             Ok(t) => match interp::parse_env_file(&t) {
                 Ok(m) => vars.extend(m),
@@ -498,13 +536,18 @@ pub fn parse(
 
         // Environment: inherited, global env_file, entry env_file, entry env.
         let mut declared: BTreeMap<String, String> = file_vars.clone();
-        if let Some(f) = &r.env_file {
+        for f in r.env_file.paths() {
+            let (f, may_miss) = match f.strip_suffix('?') {
+                Some(f) => (f, true),
+                None => (f.as_str(), false),
+            };
             let p = resolve(&base, &x(&mut errs, &span, "env_file", f));
-            match std::fs::read_to_string(&p).map_err(|e| e.to_string()) {
+            match std::fs::read_to_string(&p) {
                 Ok(t) => match interp::parse_env_file(&t) {
                     Ok(m) => declared.extend(m),
                     Err(e) => errs.key(&span, "env_file", format!("{}: {e}", p.display())),
                 },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_miss => {}
                 Err(e) if skip.is_none() => {
                     errs.key(&span, "env_file", format!("{}: {e}", p.display()))
                 }
@@ -580,11 +623,19 @@ pub fn parse(
 
         let mut after = Vec::new();
         for a in &r.after {
+            let (a, optional) = match a.strip_suffix('?') {
+                Some(a) => (a, true),
+                None => (a.as_str(), false),
+            };
             let (dn, cond) = match a.rsplit_once(':') {
                 Some((n, c)) => (n, Some(c)),
-                None => (a.as_str(), None),
+                None => (a, None),
             };
             let Some(di) = index(dn) else {
+                if optional {
+                    // An optional dependency that is not in the table is no edge.
+                    continue;
+                }
                 let hint = closest(dn, &names)
                     .map(|c| format!(" (did you mean `{c}`?)"))
                     .unwrap_or_default();
@@ -619,7 +670,26 @@ pub fn parse(
                 idx: di,
                 name: dn.to_string(),
                 cond,
+                optional,
             });
+        }
+
+        let mut ports = Vec::new();
+        for p in &r.ports {
+            match p {
+                RawPort::Number(n) => ports.push(*n),
+                RawPort::Text(t) => {
+                    let v = x(&mut errs, &span, "ports", t);
+                    match v.trim().parse::<u16>() {
+                        Ok(n) => ports.push(n),
+                        Err(_) => errs.key(
+                            &span,
+                            "ports",
+                            format!("{ctx}: port {t:?} is {v:?}, not a port number (0-65535)"),
+                        ),
+                    }
+                }
+            }
         }
 
         let stop_signal = match &r.stop_signal {
@@ -936,7 +1006,7 @@ pub fn parse(
             declared_env: declared.into_iter().collect(),
             user,
             after,
-            ports: r.ports.clone(),
+            ports,
             stop_signal,
             stop_timeout,
             critical: r.critical,

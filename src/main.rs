@@ -18,6 +18,7 @@ mod process;
 mod runner;
 mod state;
 mod supervisor;
+mod unavailable;
 mod watch;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -79,10 +80,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show every entry's state.
+    /// Show every entry's state (skipped entries as one summary line).
     Status {
         #[arg(long)]
         json: bool,
+        /// One row for every entry, skipped ones too, with their reasons.
+        #[arg(long)]
+        all: bool,
     },
     /// Exit 0 when every required entry is ready/done, 1 otherwise (for HEALTHCHECK).
     Health,
@@ -445,7 +449,7 @@ fn client(cmd: Cmd, config: &std::path::Path, socket: Option<&std::path::Path>) 
         .expect("tokio runtime");
     rt.block_on(async move {
         match cmd {
-            Cmd::Status { json } => cli::status(&c, json).await,
+            Cmd::Status { json, all } => cli::status(&c, json, all).await,
             Cmd::Health => cli::health(&c).await,
             Cmd::Logs {
                 follow,

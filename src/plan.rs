@@ -26,6 +26,22 @@ pub struct Dep {
     pub idx: usize,
     pub name: String,
     pub cond: Cond,
+    /// `after = ["name:cond?"]`: a skipped dependency counts as satisfied (and does not skip
+    /// this entry); a name absent from the table is no edge at all.
+    pub optional: bool,
+}
+
+impl Dep {
+    /// Is this edge satisfied while the dependency is in `s`?
+    pub fn satisfied_by(&self, s: crate::state::State) -> bool {
+        s.satisfies(self.cond) || (self.optional && s == crate::state::State::Skipped)
+    }
+
+    /// `name:cond`, with `?` when optional.
+    pub fn label(&self) -> String {
+        let q = if self.optional { "?" } else { "" };
+        format!("{}:{}{q}", self.name, cond_name(self.cond))
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -284,11 +300,7 @@ impl Plan {
                     Kind::Longrun => "longrun",
                     Kind::Oneshot => "oneshot",
                 };
-                let after: Vec<String> = e
-                    .after
-                    .iter()
-                    .map(|d| format!("{}:{}", d.name, cond_name(d.cond)))
-                    .collect();
+                let after: Vec<String> = e.after.iter().map(|d| d.label()).collect();
                 s.push_str(&format!("  {:<28} {kind}", e.name));
                 if !after.is_empty() {
                     s.push_str(&format!("  after {}", after.join(", ")));

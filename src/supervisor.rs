@@ -79,6 +79,12 @@ pub enum Control {
         files: usize,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Reply once entry `idx` is ready/done (Ok) or has settled elsewhere (Err with why); at
+    /// once when it is not on its way to ready (src/unavailable.rs holds requests with it).
+    AwaitSettled {
+        idx: usize,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// `snapshot save|restore NAME`.
     Snapshot {
         op: SnapOp,
@@ -125,6 +131,8 @@ struct Rt {
     restart_after_stop: bool,
     /// Hot reloads waiting for this entry to be ready/done (or to fail).
     reload_waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    /// Failed while this dependency was not satisfied: started afresh once it is again.
+    failed_while_unready: Option<String>,
 }
 
 enum Internal {
@@ -274,6 +282,10 @@ impl Supervisor {
             }
         }
         let code = self.exit_code.unwrap_or_else(|| {
+            // A requested stop (signal or `shutdown`) is a normal end, whatever failed before.
+            if self.stopping.is_some() {
+                return 0;
+            }
             let failed = self
                 .plan
                 .entries
@@ -468,6 +480,7 @@ impl Supervisor {
             return;
         }
         self.cache_progress();
+        self.retry_failed_for_dependencies();
         loop {
             let mut progressed = false;
             for i in 0..self.rt.len() {
@@ -485,15 +498,17 @@ impl Supervisor {
                     .entry(i)
                     .after
                     .iter()
-                    .find(|d| self.state(d.idx) == State::Skipped)
-                    .map(|d| d.name.clone());
-                if let Some(d) = skipped_dep {
-                    self.rt[i].reason = Some(format!("dependency `{d}` is skipped"));
+                    .find(|d| !d.optional && self.state(d.idx) == State::Skipped)
+                    .map(|d| (d.name.clone(), self.rt[d.idx].reason.clone()));
+                if let Some((d, cause)) = skipped_dep {
+                    // The root cause travels down the chain: "dependency `a` is skipped: <why>".
+                    let why = match cause {
+                        Some(c) => format!("dependency `{d}` is skipped: {c}"),
+                        None => format!("dependency `{d}` is skipped"),
+                    };
+                    tracing::info!("{}: skipped: {why}", self.entry(i).name);
+                    self.rt[i].reason = Some(why);
                     self.set(i, State::Skipped);
-                    tracing::info!(
-                        "{}: skipped: dependency `{d}` is skipped",
-                        self.entry(i).name
-                    );
                     progressed = true;
                     continue;
                 }
@@ -501,7 +516,7 @@ impl Supervisor {
                     .entry(i)
                     .after
                     .iter()
-                    .all(|d| self.state(d.idx).satisfies(d.cond));
+                    .all(|d| d.satisfied_by(self.state(d.idx)));
                 if ok {
                     self.start(i);
                     progressed = true;
@@ -512,6 +527,38 @@ impl Supervisor {
             if !progressed {
                 break;
             }
+        }
+    }
+
+    /// An entry that failed while one of its dependencies was not satisfied (a frontend whose
+    /// api restarted under it) gets a fresh start, with a fresh restart budget, once all its
+    /// dependencies are satisfied again.
+    fn retry_failed_for_dependencies(&mut self) {
+        for i in 0..self.rt.len() {
+            if self.state(i) != State::Failed || self.rt[i].user_stopped {
+                continue;
+            }
+            let Some(dep) = self.rt[i].failed_while_unready.clone() else {
+                continue;
+            };
+            let all_ok = self
+                .entry(i)
+                .after
+                .iter()
+                .all(|d| d.satisfied_by(self.state(d.idx)));
+            if !all_ok {
+                continue;
+            }
+            tracing::info!(
+                "{}: dependency `{dep}` is ready again: fresh start after the failure",
+                self.entry(i).name
+            );
+            let rt = &mut self.rt[i];
+            rt.failed_while_unready = None;
+            rt.history = RestartHistory::default();
+            rt.gen += 1;
+            rt.restarts += u32::from(self.plan.entries[i].kind == Kind::Longrun);
+            self.set(i, State::Waiting);
         }
     }
 
@@ -735,6 +782,12 @@ impl Supervisor {
     fn fail(&mut self, i: usize, why: String, code: i32) {
         let name = self.entry(i).name.clone();
         tracing::error!("{name}: failed: {why}");
+        self.rt[i].failed_while_unready = self
+            .entry(i)
+            .after
+            .iter()
+            .find(|d| !d.satisfied_by(self.state(d.idx)))
+            .map(|d| d.name.clone());
         self.rt[i].reason = Some(why.clone());
         self.set(i, State::Failed);
         let exit_code = self.rt[i].last_exit.as_ref().and_then(|x| x.code);
@@ -767,6 +820,20 @@ impl Supervisor {
                 self.begin_shutdown(None);
             }
             Control::Reload { idx, files, reply } => self.reload(idx, files, reply),
+            Control::AwaitSettled { idx, reply } => match self.state(idx) {
+                State::Ready | State::Done | State::Cached => {
+                    let _ = reply.send(Ok(()));
+                }
+                State::Starting | State::Stopping | State::Waiting | State::Running
+                    if self.stopping.is_none() =>
+                {
+                    self.rt[idx].reload_waiters.push(reply)
+                }
+                s => {
+                    let why = self.rt[idx].reason.clone();
+                    let _ = reply.send(Err(why.unwrap_or_else(|| state_name(s))));
+                }
+            },
             Control::Snapshot { op, name, reply } => self.cache_snapshot(op, name, reply),
             Control::Act {
                 action,
@@ -840,7 +907,7 @@ impl Supervisor {
                     .entry(i)
                     .after
                     .iter()
-                    .all(|d| self.state(d.idx).satisfies(d.cond));
+                    .all(|d| d.satisfied_by(self.state(d.idx)));
                 if !deps_ok {
                     return Err(format!(
                         "`{name}` cannot start yet: its dependencies are not satisfied"
@@ -939,7 +1006,7 @@ impl Supervisor {
             "last_exit": r.last_exit,
             "last_probe": r.last_probe.as_ref().map(|(ok, err, at)| json!({"ok": ok, "error": err, "at": at})),
             "reason": r.reason.clone().or_else(|| self.waiting_for(i)),
-            "after": e.after.iter().map(|d| format!("{}:{}", d.name, crate::plan::cond_name(d.cond))).collect::<Vec<_>>(),
+            "after": e.after.iter().map(|d| d.label()).collect::<Vec<_>>(),
             "command": e.command,
             "env": env,
             "log_lines": self.logs[i].total_lines(),
@@ -958,10 +1025,10 @@ impl Supervisor {
             .entry(i)
             .after
             .iter()
-            .filter(|d| !self.state(d.idx).satisfies(d.cond))
+            .filter(|d| !d.satisfied_by(self.state(d.idx)))
             .map(|d| {
                 let now = state_name(self.state(d.idx));
-                format!("{}:{} (now {now})", d.name, crate::plan::cond_name(d.cond))
+                format!("{} (now {now})", d.label())
             })
             .collect();
         (!missing.is_empty()).then(|| format!("waiting for {}", missing.join(", ")))
@@ -982,7 +1049,7 @@ impl Supervisor {
             .entry(i)
             .after
             .iter()
-            .find(|d| !self.state(d.idx).satisfies(d.cond))
+            .find(|d| !d.satisfied_by(self.state(d.idx)))
         {
             Some(format!(
                 "dependency `{}` is {}",

@@ -470,9 +470,9 @@ impl Supervisor {
                 note,
             } => {
                 let name = self.entry(idx).name.clone();
+                // The supervisor's own note: its log, not the service's output.
                 if let Some(n) = note {
                     tracing::info!("{name}: {n}");
-                    self.logs[idx].note(&self.out, format!("[dmp-contained] {n}"));
                 }
                 self.cache.cold[idx] = live.is_none();
                 self.cache.live[idx] = live;
@@ -550,7 +550,7 @@ impl Supervisor {
                     .entry(idx)
                     .after
                     .iter()
-                    .all(|d| self.state(d.idx).satisfies(d.cond));
+                    .all(|d| d.satisfied_by(self.state(d.idx)));
                 if s.is_active() || s == State::Waiting || !deps_ok || self.rt[idx].user_stopped {
                     tracing::info!(
                         "{name}: schedule fired but the step is {} (or its dependencies are not ready); skipped this time",

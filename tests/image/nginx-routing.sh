@@ -45,6 +45,7 @@ export APP_PORT_API=${P[5]} APP_PORT_SEARCH_API=${P[6]} APP_PORT_BUYER_FRONTEND=
 export APP_PORT_SUPPLIER_FRONTEND=${P[8]} APP_PORT_ADMIN_FRONTEND=${P[9]}
 export APP_PORT_BRIEFS_FRONTEND=${P[10]} APP_PORT_BRIEF_RESPONSES_FRONTEND=${P[11]}
 export APP_PORT_USER_FRONTEND=${P[12]}
+export STANDIN_UNAVAILABLE=$tmp/unavailable.txt
 export NGINX_RUN_DIR=$tmp NGINX_TEMP_DIR=$tmp NGINX_USER=$(id -un) NGINX_WORKERS=1 NGINX_LOG_LEVEL=error
 
 python3 "$here/render-template.py" "$template" "$tmp/nginx.conf"
@@ -113,7 +114,12 @@ expect "$NGINX_API_PROXY_PORT" /_status         200 "port=$APP_PORT_API path=/_s
 expect "$NGINX_SEARCH_API_PROXY_PORT" /_status  200 "port=$APP_PORT_SEARCH_API path=/_status"
 # An error page produced by the app itself is not replaced by the fallback.
 expect "$web" /admin/fail503                    503 "port=$APP_PORT_ADMIN_FRONTEND path=/admin/fail503"
-# user-frontend is not running: the example app answers (503), told which repository is missing.
+# user-frontend is mounted but not answering: the supervisor's route says why (503), told the
+# original URI.  Not mounted (the supervisor answers 404): the example app answers (503), told
+# which repository is missing.
+echo user-frontend >"$STANDIN_UNAVAILABLE"
+expect "$web" '/user/login?next=/x'             503 "port=$SUPERVISOR_API_PORT unavailable=user-frontend uri=/user/login?next=/x"
+: >"$STANDIN_UNAVAILABLE"
 expect "$web" /user/login                       503 "port=$EXAMPLE_APP_PORT path=/_missing missing=digitalmarketplace-user-frontend"
 
 # Without the example app either: a plain 503 naming the repository to clone.
