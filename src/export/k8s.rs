@@ -21,7 +21,7 @@ const TEMPLATES: &str = "dmp-contained-templates";
 /// `(file name, YAML)` per object, in apply order.
 pub fn render(m: &Model, plan: &Plan) -> Result<Vec<(String, String)>, String> {
     let mut objects: Vec<(String, Value)> = Vec::new();
-    let templates = template_files(plan);
+    let templates = template_files(m, plan);
     if !templates.is_empty() {
         let data: serde_json::Map<String, Value> = templates
             .iter()
@@ -259,7 +259,7 @@ fn labels(name: &str) -> Value {
 }
 
 /// `(ConfigMap key, source path, source text)` per template.
-fn template_files(plan: &Plan) -> Vec<(String, String, String)> {
+fn template_files(m: &Model, plan: &Plan) -> Vec<(String, String, String)> {
     plan.templates
         .iter()
         .enumerate()
@@ -269,7 +269,11 @@ fn template_files(plan: &Plan) -> Vec<(String, String, String)> {
                 |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
                 "_",
             );
-            Some((format!("{i}-{base}"), t.src.display().to_string(), text))
+            Some((
+                format!("{i}-{base}"),
+                m.image_path(&t.src).display().to_string(),
+                text,
+            ))
         })
         .collect()
 }

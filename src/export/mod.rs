@@ -57,6 +57,12 @@ pub fn run(plan: &Plan, target: Target, invocation: &str) -> i32 {
         Options {
             image: args.image.clone(),
             config: args.image_config.clone(),
+            host_dir: plan
+                .file
+                .canonicalize()
+                .ok()
+                .and_then(|f| f.parent().map(Path::to_path_buf))
+                .unwrap_or_default(),
         },
     );
     for n in &m.notes {

@@ -3,7 +3,7 @@
 
 use super::rewrite::Rewriter;
 use crate::plan::{Cond, Kind, Plan, Probe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How a service waits for one of its dependencies.
@@ -40,6 +40,8 @@ pub struct Options {
     pub image: String,
     /// The table's path inside the image.
     pub config: String,
+    /// The table's directory where `export` runs (canonical), for [`Model::image_path`].
+    pub host_dir: PathBuf,
 }
 
 #[derive(Debug)]
@@ -142,6 +144,26 @@ impl Model {
             "--as-service".into(),
             s.name.clone(),
         ]
+    }
+
+    /// Where a file of the checkout is inside the image: paths under the table's directory, or
+    /// its parent, keep their place relative to the table; others stay as they are.
+    pub fn image_path(&self, host: &Path) -> PathBuf {
+        let img_dir = Path::new(&self.opts.config)
+            .parent()
+            .unwrap_or(Path::new("/"));
+        let dir = &self.opts.host_dir;
+        let host = &host.canonicalize().unwrap_or(host.to_path_buf());
+        if let Ok(rel) = host.strip_prefix(dir) {
+            return img_dir.join(rel);
+        }
+        match (dir.parent(), img_dir.parent()) {
+            (Some(d), Some(i)) if d != Path::new("/") => match host.strip_prefix(d) {
+                Ok(rel) => i.join(rel),
+                Err(_) => host.to_path_buf(),
+            },
+            _ => host.to_path_buf(),
+        }
     }
 
     pub fn health_cmd(&self) -> Vec<String> {
