@@ -98,6 +98,25 @@ pub fn render(m: &Model, plan: &Plan) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
+/// What Kubernetes cannot wait for: a pod depending on a step that runs as a Job.
+pub fn notes(m: &Model, plan: &Plan) -> Vec<String> {
+    let mut notes = Vec::new();
+    for s in &m.services {
+        for (n, _) in &s.deps {
+            let Some(d) = m.services.iter().find(|d| d.name == *n) else {
+                continue;
+            };
+            if d.kind == Kind::Oneshot && !runs_as_init(m, plan, d) {
+                notes.push(format!(
+                    "{}: waits for Job {n} in the table, but Kubernetes starts pods without waiting for Jobs: it may start before {n} is done",
+                    s.name
+                ));
+            }
+        }
+    }
+    notes
+}
+
 /// A step no service has to be up for, with someone depending on it.
 fn runs_as_init(m: &Model, plan: &Plan, s: &Service) -> bool {
     s.kind == Kind::Oneshot

@@ -52,7 +52,7 @@ pub fn run(plan: &Plan, target: Target, invocation: &str) -> i32 {
         Target::Compose { opts, output, .. } => (opts, output.clone()),
         Target::K8s { opts, output } => (opts, Some(output.clone())),
     };
-    let m = model::Model::build(
+    let mut m = model::Model::build(
         plan,
         Options {
             image: args.image.clone(),
@@ -65,6 +65,10 @@ pub fn run(plan: &Plan, target: Target, invocation: &str) -> i32 {
                 .unwrap_or_default(),
         },
     );
+    if let Target::K8s { .. } = target {
+        let extra = k8s::notes(&m, plan);
+        m.notes.extend(extra);
+    }
     for n in &m.notes {
         eprintln!("warning: {n}");
     }
