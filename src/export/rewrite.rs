@@ -6,6 +6,8 @@
 //! forms, in environment values, command arguments and rendered templates:
 //!
 //! - `127.0.0.1:PORT` / `localhost:PORT` (URLs, `host:port`);
+//! - URLs without a port, at their scheme's default port: `postgres(ql)://` 5432, `redis://`
+//!   6379, `http://` 80, `https://` 443;
 //! - libpq keyword strings: `host=127.0.0.1 port=PORT`;
 //! - command lines: `-h 127.0.0.1` / `--host 127.0.0.1` with `-p PORT` / `--port PORT` on the
 //!   same line (psql, redis-cli, pg_isready).
@@ -23,6 +25,12 @@ const LOOPBACK: &str = r"(?:127\.0\.0\.1|localhost)";
 
 static HOST_PORT: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(&format!(r"\b{LOOPBACK}:(\d+)\b")).unwrap());
+static SCHEME_DEFAULT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(&format!(
+        r"\b(postgres|postgresql|redis|http|https)://([^@/\s]*@)?{LOOPBACK}(/|\s|$)"
+    ))
+    .unwrap()
+});
 static KEYWORD: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(&format!(r"\bhost={LOOPBACK}(\s+port=(\d+))")).unwrap());
 static FLAG_HOST: LazyLock<Regex> =
@@ -74,6 +82,17 @@ impl Rewriter {
         let s = HOST_PORT.replace_all(s, |c: &Captures| match self.name(&c[1]) {
             Some(n) => format!("{n}:{}", &c[1]),
             None => c[0].to_string(),
+        });
+        let s = SCHEME_DEFAULT.replace_all(&s, |c: &Captures| {
+            match self.name(&default_port(&c[1]).to_string()) {
+                Some(n) => format!(
+                    "{}://{}{n}{}",
+                    &c[1],
+                    c.get(2).map_or("", |m| m.as_str()),
+                    &c[3]
+                ),
+                None => c[0].to_string(),
+            }
         });
         let s = KEYWORD.replace_all(&s, |c: &Captures| match self.name(&c[2]) {
             Some(n) => format!("host={n}{}", &c[1]),
@@ -150,6 +169,15 @@ impl Rewriter {
     }
 }
 
+fn default_port(scheme: &str) -> u16 {
+    match scheme {
+        "postgres" | "postgresql" => 5432,
+        "redis" => 6379,
+        "https" => 443,
+        _ => 80,
+    }
+}
+
 /// Every entry `idx` depends on, directly or through others, in table order.
 pub fn dependencies(plan: &Plan, idx: usize) -> Vec<usize> {
     let mut seen = vec![false; plan.entries.len()];
@@ -179,6 +207,13 @@ mod tests {
         let r = rw();
         assert_eq!(r.apply("redis://127.0.0.1:6379/0"), "redis://redis:6379/0");
         assert_eq!(r.apply("http://localhost:5432"), "http://postgres:5432");
+        assert_eq!(
+            r.apply("postgresql://u:pw@localhost/db redis://127.0.0.1"),
+            "postgresql://u:pw@postgres/db redis://redis"
+        );
+        // No dependency on the default port: unchanged, and reported.
+        assert_eq!(r.apply("http://127.0.0.1/x"), "http://127.0.0.1/x");
+        assert_eq!(r.unresolved("http://127.0.0.1/x"), ["127.0.0.1"]);
         assert_eq!(
             r.apply("host=127.0.0.1 port=5432 user=postgres"),
             "host=postgres port=5432 user=postgres"
