@@ -3,6 +3,7 @@
 //! for, and to wait for a dependency before a pod starts.
 
 use crate::plan::{Probe, ProbeKind};
+use std::io::Write;
 use std::time::Duration;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -67,7 +68,8 @@ pub fn run(a: ProbeArgs) -> i32 {
         if a.wait {
             crate::probe::wait_ready(&p, |r| {
                 if let Err(e) = r {
-                    eprintln!("waiting: {e}");
+                    // A closed stderr (the caller stopped reading) must not end the wait.
+                    let _ = writeln!(std::io::stderr(), "waiting: {e}");
                 }
             })
             .await
