@@ -55,7 +55,7 @@ grep -q "example-app: hot reload" "$work/notes.txt" || fail "export did not list
 
 now_ms() { date +%s%3N; }
 services=(postgres redis example-app nginx)
-up_ms=() stop_ms=()
+up_ms=() stop_ms=() down_ms=()
 for run in $(seq 1 "$RUNS"); do
     since=$(date +%s.%N)
     t0=$(now_ms)
@@ -99,14 +99,17 @@ for run in $(seq 1 "$RUNS"); do
         code=$(docker inspect -f '{{.State.ExitCode}}' "$("${compose[@]}" ps -q "$s")")
         [ "$code" = 0 ] || { "${compose[@]}" logs "$s" >&2; fail "$s exited with $code on stop"; }
     done
+    t0=$(now_ms)
     "${compose[@]}" down -v >/dev/null 2>&1
+    down_ms+=($(( $(now_ms) - t0 )))
     left=$(docker ps -aq --filter "label=com.docker.compose.project=$project" | wc -l)
     vols=$(docker volume ls -q --filter "label=com.docker.compose.project=$project" | wc -l)
     [ "$left" -eq 0 ] && [ "$vols" -eq 0 ] || fail "down left $left containers, $vols volumes"
-    log "run $run: up to healthy ${up_ms[-1]} ms, stop ${stop_ms[-1]} ms, page served, clean down"
+    log "run $run: up to healthy ${up_ms[-1]} ms, stop ${stop_ms[-1]} ms, down -v ${down_ms[-1]} ms, page served, nothing left"
 done
 
 stats() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "min %d ms, median %d ms, max %d ms (n=%d)", a[1], a[int((NR+1)/2)], a[NR], NR}'; }
 log "up to healthy: $(stats "${up_ms[@]}")"
-log "stop: $(stats "${stop_ms[@]}")"
+log "stop (every service exit 0): $(stats "${stop_ms[@]}")"
+log "down -v after stop: $(stats "${down_ms[@]}")"
 echo "PASS"

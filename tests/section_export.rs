@@ -162,6 +162,20 @@ fn compose_carries_the_table_over() {
         "{notes}"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("#   example-app: hot reload"));
+
+    // --mount: a bind mount in every service, by reference.
+    let out = export(
+        "examples/minimal.toml",
+        &["compose", "--mount", "./mount:/dmp-contained/mount"],
+    );
+    let v: serde_json::Value = serde_norway::from_slice(&out.stdout).unwrap();
+    for (name, svc) in v["services"].as_object().unwrap() {
+        let vols = svc["volumes"].as_array().unwrap();
+        assert!(
+            vols.iter().any(|m| m == "./mount:/dmp-contained/mount"),
+            "{name}: {vols:?}"
+        );
+    }
 }
 
 #[test]

@@ -62,17 +62,17 @@ struct Healthcheck {
     start_period: String,
 }
 
-pub fn render(m: &Model, publish: Publish) -> Result<String, String> {
+pub fn render(m: &Model, publish: Publish, mounts: &[String]) -> Result<String, String> {
     let services = m
         .services
         .iter()
-        .map(|s| (s.name.clone(), service(m, s, publish)))
+        .map(|s| (s.name.clone(), service(m, s, publish, mounts)))
         .collect();
     let volumes = m.volumes.iter().map(|v| (v.clone(), Empty {})).collect();
     serde_norway::to_string(&File { services, volumes }).map_err(|e| e.to_string())
 }
 
-fn service(m: &Model, s: &Service, publish: Publish) -> ComposeService {
+fn service(m: &Model, s: &Service, publish: Publish, mounts: &[String]) -> ComposeService {
     let depends_on = s
         .deps
         .iter()
@@ -123,6 +123,7 @@ fn service(m: &Model, s: &Service, publish: Publish) -> ComposeService {
             .volumes
             .iter()
             .map(|v| format!("{}:{}", v.name, v.path.display()))
+            .chain(mounts.iter().cloned())
             .collect(),
     }
 }

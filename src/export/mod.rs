@@ -24,6 +24,10 @@ pub enum Target {
         /// Host ports for the entries' `ports`.
         #[arg(long, value_enum, default_value = "same")]
         publish: Publish,
+        /// Bind-mount HOST:CONTAINER into every service (repeatable), e.g. the code and `.env`
+        /// of `mount/`: files stay on the host, referenced, never copied into the compose file.
+        #[arg(long = "mount", value_name = "HOST:CONTAINER")]
+        mounts: Vec<String>,
         #[command(flatten)]
         opts: CommonArgs,
     },
@@ -74,7 +78,9 @@ pub fn run(plan: &Plan, target: Target, invocation: &str) -> i32 {
     }
     let header = header(&m, invocation);
     let written = match target {
-        Target::Compose { publish, .. } => compose::render(&m, publish)
+        Target::Compose {
+            publish, mounts, ..
+        } => compose::render(&m, publish, &mounts)
             .and_then(|y| write_out(out.as_deref(), &format!("{header}{y}"))),
         Target::K8s { output, .. } => k8s::render(&m, plan).and_then(|files| {
             std::fs::create_dir_all(&output).map_err(|e| format!("{}: {e}", output.display()))?;

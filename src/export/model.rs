@@ -188,7 +188,7 @@ fn entry_notes(plan: &Plan, i: usize) -> Vec<String> {
     }
     if e.watch.is_some() {
         notes.push(format!(
-            "{}: hot reload (`watch`) only sees the image's copy of the code: bind-mount the code into this service to keep it",
+            "{}: hot reload (`watch`) only sees the image's copy of the code: bind-mount the code into this service to keep it (compose: `--mount`)",
             e.name
         ));
     }
