@@ -189,6 +189,11 @@ fn shipped_table_lists_what_it_leaves_out() {
         "a host without a port: {notes}"
     );
     assert!(notes.contains("elasticsearch: left out:"), "{notes}");
+    // The shipped example app listens on loopback: said, not silently broken.
+    assert!(
+        notes.contains("example-app: listens on loopback only (`--host 127.0.0.1`)"),
+        "{notes}"
+    );
     // Data snapshots do not cross containers.
     assert!(notes.contains("db-import: data snapshots"), "{notes}");
     let v: serde_json::Value = serde_norway::from_slice(&out.stdout).unwrap();

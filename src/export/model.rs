@@ -186,6 +186,14 @@ fn entry_notes(plan: &Plan, i: usize) -> Vec<String> {
             e.name
         ));
     }
+    if e.kind == Kind::Longrun && plan.dependents(i).next().is_some() {
+        if let Some(arg) = loopback_listen(&e.command) {
+            notes.push(format!(
+                "{}: listens on loopback only (`{arg}`): the services that depend on it cannot reach it from their containers",
+                e.name
+            ));
+        }
+    }
     if e.watch.is_some() {
         notes.push(format!(
             "{}: hot reload (`watch`) only sees the image's copy of the code: bind-mount the code into this service to keep it (compose: `--mount`)",
@@ -240,6 +248,18 @@ fn entry_notes(plan: &Plan, i: usize) -> Vec<String> {
         }
     }
     notes
+}
+
+/// A listen-address flag set to loopback in a command line (`--host 127.0.0.1`, `--bind …`,
+/// `listen_addresses=…`).
+fn loopback_listen(argv: &[String]) -> Option<String> {
+    static LISTEN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"(--host|--bind|--listen|listen_addresses)(\s+|=)'?(127\.0\.0\.1|localhost)\b",
+        )
+        .unwrap()
+    });
+    LISTEN.find(&argv.join(" ")).map(|m| m.as_str().to_string())
 }
 
 fn is_dns_label(s: &str) -> bool {
