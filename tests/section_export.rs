@@ -347,8 +347,16 @@ fn probe_command_passes_fails_and_waits() {
 #[test]
 fn as_service_runs_one_entry_and_rewrites_its_dependencies() {
     let db_port = free_port();
+    let tdir = tempfile::tempdir().unwrap();
+    let src = tdir.path().join("upstream.conf.template");
+    let dest = tdir.path().join("upstream.conf");
+    std::fs::write(&src, format!("proxy_pass http://127.0.0.1:{db_port};\n")).unwrap();
     let body = format!(
         r#"
+[[template]]
+src = "{}"
+dest = "{}"
+
 [process.db]
 command = ["sleep", "100"]
 ports = [{db_port}]
@@ -357,7 +365,9 @@ ports = [{db_port}]
 command = ["sh", "-c", "echo URL=$$URL; echo DSN=$$DSN; echo ARGS $$0 $$1 $$2 $$3 $$4; exec sleep 100", "-h", "127.0.0.1", "-p", "{db_port}"]
 env = {{ URL = "redis://127.0.0.1:{db_port}/0", DSN = "host=localhost port={db_port} user=x", OTHER = "http://127.0.0.1:1/" }}
 after = ["db"]
-"#
+"#,
+        src.display(),
+        dest.display()
     );
     let mut sup = Sup::start_args(&body, &["--as-service", "app"]);
     wait_for("app output", Duration::from_secs(10), || {
@@ -373,6 +383,11 @@ after = ["db"]
         "{out}"
     );
     assert!(out.contains(&format!("ARGS -h db -p {db_port}")), "{out}");
+    // Rendered templates follow the same rule.
+    assert_eq!(
+        std::fs::read_to_string(&dest).unwrap(),
+        format!("proxy_pass http://db:{db_port};\n")
+    );
     // Only app runs here: db is another container's.
     let st = sup.status();
     let names: Vec<&str> = st["entries"]
@@ -395,4 +410,31 @@ after = ["db"]
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown entry `nope`"));
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    // An invalid table: the config errors, exit 2, nothing written.
+    let (dir, _port, cfg) = table("[process.x]\ncommand = [\"true\"]\nafter = [\"nope\"]\n");
+    let out_file = dir.path().join("compose.yaml");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["export", "compose", "-o"])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    assert!(!out_file.exists());
+    // An output directory that cannot be made: exit 1 with the path.
+    let (_dir, _port, cfg) = table("[process.x]\ncommand = [\"true\"]\n");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["export", "k8s", "-o", "/proc/nope/k8s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/proc/nope/k8s"));
 }
