@@ -146,7 +146,10 @@ fn compose_carries_the_table_over() {
     assert!(s["pg-init"]["healthcheck"].is_null());
     assert_eq!(s["nginx"]["stop_signal"], "SIGTERM");
     assert_eq!(s["nginx"]["stop_grace_period"], "4s");
-    assert_eq!(s["postgres"]["ports"][0], "15432:15432");
+    assert_eq!(
+        s["postgres"]["ports"][0],
+        serde_json::json!({"target": 15432, "published": 15432})
+    );
     let vols = |svc: &str| s[svc]["volumes"].to_string();
     assert!(vols("postgres").contains("postgres-data:/tmp/dmp-contained-example/pgdata"));
     assert!(

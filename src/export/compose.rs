@@ -44,8 +44,16 @@ struct ComposeService {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     expose: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    ports: Vec<String>,
+    ports: Vec<Port>,
     volumes: Vec<String>,
+}
+
+/// The long syntax: `"22:22"` would be a base-60 number to a YAML 1.1 reader.
+#[derive(Serialize)]
+struct Port {
+    target: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    published: Option<u16>,
 }
 
 #[derive(Serialize)]
@@ -105,9 +113,15 @@ fn service(m: &Model, s: &Service, publish: Publish, mounts: &[String]) -> Compo
         }
     });
     let ports = match publish {
-        Publish::Same => s.ports.iter().map(|p| format!("{p}:{p}")).collect(),
-        Publish::Random => s.ports.iter().map(|p| p.to_string()).collect(),
         Publish::None => vec![],
+        _ => s
+            .ports
+            .iter()
+            .map(|&p| Port {
+                target: p,
+                published: (publish == Publish::Same).then_some(p),
+            })
+            .collect(),
     };
     ComposeService {
         image: m.opts.image.clone(),
