@@ -8,6 +8,7 @@ mod api;
 mod cache;
 mod cli;
 mod config;
+mod export;
 mod graph;
 mod interp;
 mod logs;
@@ -73,6 +74,10 @@ enum Cmd {
         /// Ignore cached oneshot results.
         #[arg(long)]
         fresh: bool,
+        /// Run only this entry, its dependencies running elsewhere (an exported container):
+        /// their loopback addresses become their service names.
+        #[arg(long, conflicts_with_all = ["only", "without"])]
+        as_service: Option<String>,
     },
     /// Validate the table and print the start plan by levels.
     Check {
@@ -139,6 +144,13 @@ enum Cmd {
     },
     /// Stop the whole table gracefully.
     Shutdown,
+    /// Write the table as a docker compose file or Kubernetes manifests, one container per entry.
+    Export {
+        #[command(subcommand)]
+        target: export::Target,
+    },
+    /// Run one probe now (exit 0 when it passes); with --wait, until it passes.
+    Probe(export::probe_cmd::ProbeArgs),
 }
 
 #[derive(Subcommand)]
@@ -173,6 +185,7 @@ fn main() {
         only: vec![],
         without: vec![],
         fresh: false,
+        as_service: None,
     });
     let code = match cmd {
         Cmd::Up {
@@ -180,8 +193,21 @@ fn main() {
             only,
             without,
             fresh,
-        } => up(&cli.config, log_format, &only, &without, fresh),
+            as_service,
+        } => up(
+            &cli.config,
+            log_format,
+            &only,
+            &without,
+            fresh,
+            as_service.as_deref(),
+        ),
         Cmd::Check { json } => check(&cli.config, json),
+        Cmd::Export { target } => match load(&cli.config) {
+            Ok(p) => export::run(&p, target, &invocation()),
+            Err(c) => c,
+        },
+        Cmd::Probe(a) => export::probe_cmd::run(a),
         Cmd::Cache { op } => cache_cmd(&cli.config, op),
         Cmd::Snapshot {
             op: op @ (SnapshotOp::Ls | SnapshotOp::Rm { .. }),
@@ -211,7 +237,7 @@ fn wants_up() -> bool {
 /// Every subcommand but `up` (kept in step with clap by a test).
 const CLIENT_SUBCOMMANDS: &[&str] = &[
     "check", "status", "health", "logs", "restart", "stop", "start", "pause", "resume", "run",
-    "cache", "snapshot", "shutdown", "help",
+    "cache", "snapshot", "shutdown", "export", "probe", "help",
 ];
 
 fn load(config: &std::path::Path) -> Result<plan::Plan, i32> {
@@ -220,6 +246,12 @@ fn load(config: &std::path::Path) -> Result<plan::Plan, i32> {
         eprintln!("{e}");
         EXIT_CONFIG
     })
+}
+
+/// This command line, for the header of generated files.
+fn invocation() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("dmp-contained {}", args.join(" "))
 }
 
 fn check(config: &std::path::Path, json: bool) -> i32 {
@@ -345,13 +377,18 @@ fn up(
     only: &[String],
     without: &[String],
     fresh: bool,
+    as_service: Option<&str>,
 ) -> i32 {
     init_tracing(format);
     let plan = match load(config) {
         Ok(p) => p,
         Err(c) => return c,
     };
-    let plan = match plan.select(only, without) {
+    let selected = match as_service {
+        Some(name) => export::as_service(plan, name),
+        None => plan.select(only, without).map(|p| (p, Default::default())),
+    };
+    let (plan, rewriter) = match selected {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
@@ -359,7 +396,7 @@ fn up(
         }
     };
     for t in &plan.templates {
-        if let Err(e) = render_template(t, &plan.vars) {
+        if let Err(e) = render_template(t, &plan.vars, &rewriter) {
             eprintln!("error: template {}: {e}", t.src.display());
             return EXIT_CONFIG;
         }
@@ -432,9 +469,10 @@ fn up(
 fn render_template(
     t: &plan::Template,
     vars: &std::collections::BTreeMap<String, String>,
+    rewriter: &export::rewrite::Rewriter,
 ) -> Result<(), String> {
     let src = std::fs::read_to_string(&t.src).map_err(|e| e.to_string())?;
-    let out = interp::expand(&src, &|n| vars.get(n).cloned())?;
+    let out = rewriter.apply(&interp::expand(&src, &|n| vars.get(n).cloned())?);
     // Atomic: a service re-reading its config never sees half a file.
     cache::write_atomic(&t.dest, out.as_bytes()).map_err(|e| format!("{}: {e}", t.dest.display()))
 }
@@ -468,7 +506,11 @@ fn client(cmd: Cmd, config: &std::path::Path, socket: Option<&std::path::Path>) 
                 _ => unreachable!(),
             },
             Cmd::Shutdown => cli::shutdown(&c).await,
-            Cmd::Up { .. } | Cmd::Check { .. } | Cmd::Cache { .. } => unreachable!(),
+            Cmd::Up { .. }
+            | Cmd::Check { .. }
+            | Cmd::Cache { .. }
+            | Cmd::Export { .. }
+            | Cmd::Probe(_) => unreachable!(),
         }
     })
 }
