@@ -15,7 +15,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-BASE_IMAGE=${BASE_IMAGE:-dmp-contained}
+BASE_IMAGE=${BASE_IMAGE:-${IMAGE_TAG:-dmp-contained}}
 IMAGE=${EXPORT_IMAGE:-dmp-contained-export-test:$$}
 RUNS=${RUNS:-1}
 project="dmpexport$$"
