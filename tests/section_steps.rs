@@ -231,7 +231,7 @@ fn a_data_dir_without_the_chain_marker_gets_the_snapshot_whatever_the_cache_says
     let mut s = s.restart(&[]);
     s.wait_state("migrate", "done", Duration::from_secs(60));
     assert_eq!(s.state("seed"), "cached");
-    assert!(logs(&s, "postgres").contains("already holds chain"));
+    assert!(s.stderr_text().contains("already holds chain"));
     assert_eq!(s.stop(), 0);
 
     // 3. Data dir wiped and re-initialised (an empty but valid cluster), cache kept: the
@@ -240,7 +240,7 @@ fn a_data_dir_without_the_chain_marker_gets_the_snapshot_whatever_the_cache_says
     let mut s = s.restart(&[]);
     s.wait_state("migrate", "done", Duration::from_secs(120));
     assert_eq!(s.state("seed"), "cached");
-    let pglog = logs(&s, "postgres");
+    let pglog = s.stderr_text();
     assert!(pglog.contains("restored data snapshot"), "{pglog}");
     assert_eq!(query(pg, "app", sum).unwrap(), "1000:500500:7000");
     assert_eq!(s.stop(), 0);
