@@ -80,12 +80,12 @@ docker run -d --name "dmp-steps-b-$id" -v "${vols[0]}:/var/cache/dmp-contained" 
 wait_state "dmp-steps-b-$id" db-import cached 120
 wait_state "dmp-steps-b-$id" example-app ready 60
 [ "$(dbs "dmp-steps-b-$id")" = "$want" ] || fail "new PGDATA volume: databases '$(dbs "dmp-steps-b-$id")', want '$want'"
-docker logs "dmp-steps-b-$id" 2>&1 | grep -q "restored data snapshot" || fail "no restore logged"
+logs_b=$(docker logs "dmp-steps-b-$id" 2>&1); grep -q "restored data snapshot" <<<"$logs_b" || fail "no restore logged"
 docker stop -t 20 "dmp-steps-b-$id" >/dev/null
 
 echo "== 3. same volumes: kept"
 docker run -d --name "dmp-steps-c-$id" -v "${vols[0]}:/var/cache/dmp-contained" -v "${vols[1]}:/var/lib/postgresql" -v "$mount:/dmp-contained/mount" "$IMAGE" >/dev/null
 wait_state "dmp-steps-c-$id" db-import cached 120
 [ "$(dbs "dmp-steps-c-$id")" = "$want" ] || fail "same volumes: databases differ"
-docker logs "dmp-steps-c-$id" 2>&1 | grep -q "already holds chain" || fail "data not kept"
+logs_c=$(docker logs "dmp-steps-c-$id" 2>&1); grep -q "already holds chain" <<<"$logs_c" || fail "data not kept"
 echo "PASS: steps in the image (venv with uv + overrides; PGDATA volume and chain marker: $want)"
