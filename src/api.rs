@@ -659,6 +659,25 @@ pub fn render_metrics(v: &Value) -> String {
             v["supervisor"]["uptime_s"].as_f64().unwrap_or(0.0),
         )],
     );
+    let output = &v["supervisor"]["output"];
+    family(
+        "dmp_output_dropped_lines_total",
+        "service output lines dropped because the supervisor's stdout was not being read",
+        "counter",
+        vec![(
+            String::new(),
+            output["dropped_lines"].as_f64().unwrap_or(0.0),
+        )],
+    );
+    family(
+        "dmp_output_queued_bytes",
+        "formatted output waiting for stdout",
+        "gauge",
+        vec![(
+            String::new(),
+            output["queued_bytes"].as_f64().unwrap_or(0.0),
+        )],
+    );
     family(
         "dmp_supervisor_resident_bytes",
         "supervisor resident memory",

@@ -4,7 +4,8 @@
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::broadcast;
 
@@ -37,24 +38,143 @@ pub enum Format {
     Json,
 }
 
-/// Where formatted service output goes (the supervisor's stdout).
+/// Bytes of formatted output that may wait for a slow stdout reader; beyond this, new output
+/// is dropped and counted (the ring and followers still get every line).
+pub const OUTPUT_QUEUE: usize = 8 << 20;
+
+/// Where formatted service output goes (the supervisor's stdout), written by a thread of its
+/// own: a stdout nobody reads (a paused terminal, `up | less`, a stalled log driver) fills a
+/// bounded queue and then costs dropped, counted lines — never a blocked control loop.
 pub struct Output {
     pub format: Format,
-    sink: Mutex<Box<dyn Write + Send>>,
+    queue: Mutex<Queue>,
+    /// Signalled when the queue gets bytes (writer waits) or drains (`flush` waits).
+    wake: Condvar,
+    written_bytes: AtomicU64,
+    dropped_lines: AtomicU64,
+    dropped_bytes: AtomicU64,
+}
+
+#[derive(Default)]
+struct Queue {
+    buf: Vec<u8>,
+    /// The writer thread holds a batch it took from `buf`.
+    writing: bool,
 }
 
 impl Output {
+    /// Output to the process's stdout, through a writer thread.
     pub fn stdout(format: Format) -> Arc<Output> {
-        Arc::new(Output {
-            format,
-            sink: Mutex::new(Box::new(std::io::stdout())),
-        })
+        Output::spawn(format, Box::new(std::io::stdout()))
     }
 
-    fn write_batch(&self, buf: &[u8]) {
-        let mut s = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = s.write_all(buf);
-        let _ = s.flush();
+    /// Output to `sink`, through a writer thread.
+    pub fn spawn(format: Format, sink: Box<dyn Write + Send>) -> Arc<Output> {
+        let out = Arc::new(Output {
+            format,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            written_bytes: AtomicU64::new(0),
+            dropped_lines: AtomicU64::new(0),
+            dropped_bytes: AtomicU64::new(0),
+        });
+        let w = out.clone();
+        std::thread::Builder::new()
+            .name("output".into())
+            .spawn(move || w.writer(sink))
+            .expect("spawn the output thread");
+        out
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The writer thread: takes everything queued, writes it, repeats; after a stall it says
+    /// how many lines were dropped.
+    fn writer(&self, mut sink: Box<dyn Write + Send>) {
+        let mut batch = Vec::new();
+        let mut reported = 0;
+        loop {
+            {
+                let mut q = self.lock();
+                q.writing = false;
+                self.wake.notify_all();
+                while q.buf.is_empty() {
+                    q = self.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+                std::mem::swap(&mut q.buf, &mut batch);
+                q.writing = true;
+            }
+            let dropped = self.dropped_lines.load(Ordering::Relaxed);
+            if dropped > reported {
+                let _ = writeln!(
+                    batch,
+                    "dmp-contained | [output] {} lines dropped while stdout was not being read ({dropped} in all)",
+                    dropped - reported
+                );
+                reported = dropped;
+            }
+            if sink.write_all(&batch).and_then(|_| sink.flush()).is_ok() {
+                self.written_bytes
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            batch.clear();
+            if batch.capacity() > OUTPUT_QUEUE {
+                batch.shrink_to(1 << 20);
+            }
+        }
+    }
+
+    /// Queues a chunk's formatted lines; drops (and counts) them when the queue is full.
+    fn write_chunk(&self, chunk: &Chunk, color: u8) {
+        let mut q = self.lock();
+        let before = q.buf.len();
+        if before >= OUTPUT_QUEUE {
+            drop(q);
+            self.count_drop(chunk.len(), chunk.text.len());
+            return;
+        }
+        chunk.format(&mut q.buf, self.format, color);
+        if before == 0 {
+            self.wake.notify_all();
+        }
+    }
+
+    fn count_drop(&self, lines: usize, bytes: usize) {
+        self.dropped_lines
+            .fetch_add(lines as u64, Ordering::Relaxed);
+        self.dropped_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Waits up to `timeout` for everything queued to be written (at exit).
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut q = self.lock();
+        while !q.buf.is_empty() || q.writing {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            q = self
+                .wake
+                .wait_timeout(q, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// For status `supervisor.output` and the metrics.
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::json!({
+            "queued_bytes": self.lock().buf.len(),
+            "queue_limit_bytes": OUTPUT_QUEUE,
+            "written_bytes": self.written_bytes.load(Ordering::Relaxed),
+            "dropped_lines": self.dropped_lines.load(Ordering::Relaxed),
+            "dropped_bytes": self.dropped_bytes.load(Ordering::Relaxed),
+        })
     }
 }
 
@@ -232,7 +352,7 @@ impl EntryLog {
     }
 
     /// Records a chunk of complete lines and writes them to `out` in one write.
-    fn push(&self, out: &Output, mut chunk: Chunk, buf: &mut Vec<u8>) {
+    fn push(&self, out: &Output, mut chunk: Chunk) {
         if chunk.is_empty() {
             return;
         }
@@ -256,16 +376,14 @@ impl EntryLog {
             let _ = self.tx.send(chunk.clone());
         }
         drop(r);
-        buf.clear();
-        chunk.format(buf, out.format, self.color);
-        out.write_batch(buf);
+        out.write_chunk(&chunk, self.color);
     }
 
     /// Adds a supervisor-generated line (e.g. "exited with code 1") to this entry's log.
     pub fn note(&self, out: &Output, text: String) {
         let mut c = Chunk::new(self.name.clone(), Stream::Stderr);
         c.push(text.as_bytes());
-        self.push(out, c, &mut Vec::new());
+        self.push(out, c);
     }
 }
 
@@ -330,7 +448,6 @@ pub async fn pump<R: AsyncRead + Unpin>(
     stream: Stream,
 ) {
     let mut pending: Vec<u8> = Vec::with_capacity(128 * 1024);
-    let mut buf = Vec::with_capacity(128 * 1024);
     loop {
         if pending.capacity() - pending.len() < 64 * 1024 {
             pending.reserve(64 * 1024);
@@ -340,14 +457,14 @@ pub async fn pump<R: AsyncRead + Unpin>(
             Ok(_) => {
                 let mut chunk = Chunk::new(log.name.clone(), stream);
                 split_into(&mut pending, MAX_LINE, &mut chunk);
-                log.push(&out, chunk, &mut buf);
+                log.push(&out, chunk);
             }
         }
     }
     if !pending.is_empty() {
         let mut chunk = Chunk::new(log.name.clone(), stream);
         chunk.push(&pending);
-        log.push(&out, chunk, &mut buf);
+        log.push(&out, chunk);
     }
 }
 
@@ -377,10 +494,7 @@ mod tests {
     }
 
     fn sink() -> Arc<Output> {
-        Arc::new(Output {
-            format: Format::Json,
-            sink: Mutex::new(Box::new(std::io::sink())),
-        })
+        Output::spawn(Format::Json, Box::new(std::io::sink()))
     }
 
     fn push_lines(log: &EntryLog, out: &Output, lines: &[&str]) {
@@ -388,7 +502,7 @@ mod tests {
         for l in lines {
             c.push(l.as_bytes());
         }
-        log.push(out, c, &mut Vec::new());
+        log.push(out, c);
     }
 
     #[test]
@@ -424,5 +538,37 @@ mod tests {
         assert_eq!(first["entry"], "api");
         assert_eq!(first["stream"], "stderr");
         assert_eq!(first["text"], "hello");
+    }
+
+    /// A sink that blocks until the test lets it go, like a stdout nobody reads.
+    struct Stuck(std::sync::mpsc::Receiver<()>);
+    impl Write for Stuck {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn blocked_sink_never_blocks_the_producer_and_drops_are_counted() {
+        let (release, rx) = std::sync::mpsc::channel();
+        let out = Output::spawn(Format::Text { color: false }, Box::new(Stuck(rx)));
+        let log = EntryLog::new("x", 0, 10);
+        let line = "y".repeat(1000);
+        let start = std::time::Instant::now();
+        for _ in 0..20_000 {
+            push_lines(&log, &out, &[&line]);
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        let st = out.stats();
+        assert!(st["dropped_lines"].as_u64().unwrap() > 5_000, "{st}");
+        assert!(st["queued_bytes"].as_u64().unwrap() <= (OUTPUT_QUEUE + 2000) as u64);
+        assert_eq!(log.total_lines(), 20_000);
+        assert!(!out.flush(std::time::Duration::from_millis(50)));
+        drop(release);
+        assert!(out.flush(std::time::Duration::from_secs(5)));
     }
 }

@@ -405,7 +405,7 @@ fn up(
             socket.display()
         );
         let out = logs::Output::stdout(out_format);
-        let (mut sup, shared) = supervisor::Supervisor::new(plan, out);
+        let (mut sup, shared) = supervisor::Supervisor::new(plan, out.clone());
         sup.set_fresh(fresh);
         watch::spawn_all(&shared);
         let mut secrets = api::secret_values(&shared.plan);
@@ -421,9 +421,17 @@ fn up(
         tokio::spawn(api::serve_unix(api, unix));
         let code = sup.run().await;
         let _ = std::fs::remove_file(&socket);
+        // A stdout nobody reads must not hold up the exit: what is still queued after this
+        // is lost (it is counted in status while running).
+        if !out.flush(OUTPUT_FLUSH) {
+            tracing::warn!("stdout is not being read; exiting with output still queued");
+        }
         code
     })
 }
+
+/// Named timer: how long the exit waits for queued service output to reach stdout.
+const OUTPUT_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn render_template(
     t: &plan::Template,
