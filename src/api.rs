@@ -77,6 +77,7 @@ impl Api {
             .ok()?
             .ok()?;
         scrub_status(&mut v, &self.secrets);
+        crate::redact::global().apply_json(&mut v);
         Some(v)
     }
 

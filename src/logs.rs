@@ -225,6 +225,18 @@ impl Chunk {
         self.ends.push(self.text.len() as u32);
     }
 
+    /// This chunk with every known secret replaced (see `redact`); itself when none occurs.
+    fn redacted(self, r: &crate::redact::Redactor) -> Chunk {
+        if !r.found(&self.text) {
+            return self;
+        }
+        let mut out = Chunk::new(self.entry.clone(), self.stream);
+        for i in 0..self.len() {
+            out.push_str(&r.apply(self.text(i)));
+        }
+        out
+    }
+
     pub fn len(&self) -> usize {
         self.ends.len()
     }
@@ -352,10 +364,11 @@ impl EntryLog {
     }
 
     /// Records a chunk of complete lines and writes them to `out` in one write.
-    fn push(&self, out: &Output, mut chunk: Chunk) {
+    fn push(&self, out: &Output, chunk: Chunk) {
         if chunk.is_empty() {
             return;
         }
+        let mut chunk = chunk.redacted(crate::redact::global());
         chunk.ts = now_ms();
         let mut r = self.ring.lock().unwrap();
         chunk.first_seq = r.next_seq;

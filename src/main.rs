@@ -15,6 +15,7 @@ mod pid1;
 mod plan;
 mod probe;
 mod process;
+mod redact;
 mod runner;
 mod state;
 mod supervisor;
@@ -243,7 +244,7 @@ fn init_tracing(format: LogFormat) {
         .unwrap_or(LevelFilter::INFO);
     let b = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
+        .with_writer(|| redact::Writer(std::io::stderr()))
         .with_target(false);
     match format {
         LogFormat::Json => b.json().init(),
@@ -375,6 +376,7 @@ fn up(
         .expect("tokio runtime");
     rt.block_on(async move {
         let token = api::load_token(&plan.settings.token_env);
+        redact::install(redact::for_plan(&plan, token.as_deref()));
         let listen = plan.settings.api_listen.clone();
         let socket = plan.settings.socket.clone();
         let tcp = match tokio::net::TcpListener::bind(&listen).await {

@@ -57,3 +57,78 @@ command = "yes 'a line of output that nobody is going to read, over and over' | 
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert_eq!(code.code(), Some(0));
 }
+
+/// Every secret the supervisor knows — a secret-named variable (`DB_PASS`), a password inside a
+/// probe URL (with a `/` in it), a DSN `password=`, the API token — printed by the service
+/// itself or shown by the supervisor, is redacted in every output.
+#[test]
+fn secrets_are_redacted_in_every_output() {
+    let dead = free_port();
+    let (dir, port, config) = table(&format!(
+        r#"
+[process.leaky]
+command = "echo db=$DB_PASS url=http://admin:pa/ss-Q9x@127.0.0.1/ dsn=$DSN_PW tok=$DMP_CONTAINED_TOKEN; echo err $DB_PASS >&2; exec sleep 1000"
+env = {{ DB_PASS = "s3cr3t-DB-value", DSN_PW = "pg-hunter22" }}
+ready = {{ http = "http://admin:pa/ss-Q9x@127.0.0.1:{dead}/health", interval = "50ms", retries = 1, start_period = "0s" }}
+restart = {{ policy = "never" }}
+
+[process.dsn]
+command = "exec sleep 1000"
+ready = {{ postgres = "host=127.0.0.1 port={dead} user=x password=pg-hunter22" }}
+"#
+    ));
+    let sup = Sup::spawn(
+        dir,
+        port,
+        config,
+        &[],
+        &[("DMP_CONTAINED_TOKEN", "tok-abcdef-123456")],
+    );
+    wait_for("the service's lines", Duration::from_secs(10), || {
+        let (_, l) = sup.get("/_supervisor/logs/leaky?tail=50");
+        (l.contains("db=") && l.contains("err")).then_some(())
+    });
+    wait_for("a failed probe", Duration::from_secs(10), || {
+        let e = sup.entry("leaky");
+        e["last_probe"]["error"].is_string().then_some(())
+    });
+    let secrets = [
+        "s3cr3t-DB-value",
+        "pa/ss-Q9x",
+        "pg-hunter22",
+        "tok-abcdef-123456",
+    ];
+    let (_, status) = sup.get("/_supervisor/status");
+    let (_, text_logs) = sup.get("/_supervisor/logs/leaky?tail=100");
+    let (_, json_logs) = sup.get("/_supervisor/logs/leaky?tail=100&format=json");
+    let (_, metrics) = sup.get("/_supervisor/metrics");
+    let cli_status = sup.cli(&["status", "--json"]);
+    let cli_logs = sup.cli(&["logs", "leaky"]);
+    let outputs = [
+        ("status", status),
+        ("/logs", text_logs.clone()),
+        ("/logs json", json_logs),
+        ("metrics", metrics),
+        (
+            "cli status",
+            String::from_utf8_lossy(&cli_status.stdout).into(),
+        ),
+        ("cli logs", String::from_utf8_lossy(&cli_logs.stdout).into()),
+        ("stdout", sup.stdout_text()),
+        ("stderr", sup.stderr_text()),
+    ];
+    for (what, text) in &outputs {
+        for s in secrets {
+            assert!(!text.contains(s), "{s} leaked in {what}:\n{text}");
+        }
+    }
+    assert!(text_logs.contains("db=<redacted>"), "{text_logs}");
+    assert!(text_logs.contains("err <redacted>"), "{text_logs}");
+    assert!(sup.stdout_text().contains("<redacted>"));
+    assert!(sup.stderr_text().contains("admin:<redacted>@"));
+    // Only secrets are redacted: the token variable's name is not a secret.
+    assert!(text_logs.contains("tok="), "{text_logs}");
+    assert!(!sup.entry("leaky")["command"]
+        .to_string()
+        .contains("$<redacted>"));
+}
