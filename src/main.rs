@@ -277,6 +277,12 @@ fn cache_cmd(config: &std::path::Path, op: CacheOp) -> i32 {
                     )
                 );
             }
+            for (path, why) in cache::list_corrupt(&dir) {
+                println!(
+                    "corrupt {} (a miss: the step runs again): {why}",
+                    path.display()
+                );
+            }
             for (svc, key, bytes) in cache::list_chain_snapshots(&dir) {
                 println!(
                     "snapshot {svc:<19} {:<16} {:>9.1} MB",

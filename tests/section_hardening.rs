@@ -132,3 +132,49 @@ ready = {{ postgres = "host=127.0.0.1 port={dead} user=x password=pg-hunter22" }
         .to_string()
         .contains("$<redacted>"));
 }
+
+/// A corrupt cache record (truncated here) is a miss with a warning: the step runs again and
+/// rewrites it, and `cache ls` shows the corrupt file until then.
+#[test]
+fn corrupt_cache_record_is_a_miss_and_shown_by_cache_ls() {
+    let (dir, port, config) = table(
+        r#"
+[step.gen]
+command = "echo run >> gen.runs"
+cache = { key_extra = ["v1"] }
+[process.web]
+command = "exec sleep 60"
+"#,
+    );
+    let runs = dir.path().join("gen.runs");
+    let count = || {
+        std::fs::read_to_string(&runs)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let mut s = Sup::spawn(dir, port, config, &[], &[]);
+    s.wait_state("web", "ready", Duration::from_secs(10));
+    let key = s.entry("gen")["cache_key"].as_str().unwrap().to_string();
+    assert_eq!(s.stop(), 0);
+    assert_eq!(count(), 1);
+    let rec = s.path(&format!("cache/steps/gen/{key}.json"));
+    let text = std::fs::read_to_string(&rec).unwrap();
+    std::fs::write(&rec, &text[..text.len() / 2]).unwrap();
+    let ls = s.cli(&["cache", "ls"]);
+    let ls = String::from_utf8_lossy(&ls.stdout).to_string();
+    assert!(ls.contains("corrupt") && ls.contains(&key), "{ls}");
+
+    let mut s = s.restart(&[]);
+    s.wait_state("web", "ready", Duration::from_secs(10));
+    assert_eq!(s.state("gen"), "done");
+    assert_eq!(count(), 2, "the step ran again");
+    assert!(
+        s.stderr_text().contains("corrupt cache record"),
+        "{}",
+        s.stderr_text()
+    );
+    let ls = s.cli(&["cache", "ls"]);
+    assert!(!String::from_utf8_lossy(&ls.stdout).contains("corrupt"));
+    assert_eq!(s.stop(), 0);
+}
