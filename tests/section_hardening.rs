@@ -67,9 +67,9 @@ fn secrets_are_redacted_in_every_output() {
     let (dir, port, config) = table(&format!(
         r#"
 [process.leaky]
-command = "echo db=$DB_PASS url=http://admin:pa/ss-Q9x@127.0.0.1/ dsn=$DSN_PW tok=$DMP_CONTAINED_TOKEN; echo err $DB_PASS >&2; exec sleep 1000"
-env = {{ DB_PASS = "s3cr3t-DB-value", DSN_PW = "pg-hunter22" }}
-ready = {{ http = "http://admin:pa/ss-Q9x@127.0.0.1:{dead}/health", interval = "50ms", retries = 1, start_period = "0s" }}
+command = "echo db=$DB_PASS url=$DATABASE_URL dsn=$DSN_PW tok=$DMP_CONTAINED_TOKEN; echo err $DB_PASS >&2; exec sleep 1000"
+env = {{ DB_PASS = "s3cr3t-DB-value", DSN_PW = "pg-hunter22", DATABASE_URL = "postgres://admin:pa/ss-Q9x@db:5432/app" }}
+ready = {{ http = "http://admin:probe%2Fpw-77@127.0.0.1:{dead}/health", interval = "50ms", retries = 1, start_period = "0s" }}
 restart = {{ policy = "never" }}
 
 [process.dsn]
@@ -154,7 +154,7 @@ command = "exec sleep 60"
             .count()
     };
     let mut s = Sup::spawn(dir, port, config, &[], &[]);
-    s.wait_state("web", "ready", Duration::from_secs(10));
+    s.wait_state("gen", "done", Duration::from_secs(10));
     let key = s.entry("gen")["cache_key"].as_str().unwrap().to_string();
     assert_eq!(s.stop(), 0);
     assert_eq!(count(), 1);
@@ -166,8 +166,7 @@ command = "exec sleep 60"
     assert!(ls.contains("corrupt") && ls.contains(&key), "{ls}");
 
     let mut s = s.restart(&[]);
-    s.wait_state("web", "ready", Duration::from_secs(10));
-    assert_eq!(s.state("gen"), "done");
+    s.wait_state("gen", "done", Duration::from_secs(10));
     assert_eq!(count(), 2, "the step ran again");
     assert!(
         s.stderr_text().contains("corrupt cache record"),
@@ -177,4 +176,109 @@ command = "exec sleep 60"
     let ls = s.cli(&["cache", "ls"]);
     assert!(!String::from_utf8_lossy(&ls.stdout).contains("corrupt"));
     assert_eq!(s.stop(), 0);
+}
+
+fn raw_request(port: u16, req: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// HTTP abuse: a foreign Host (DNS rebinding) gets 421; a flood of idle connections over the
+/// cap does not lock anyone out; stalled followers cost bounded memory; odd paths never panic.
+#[test]
+fn http_abuse_host_check_idle_flood_and_stalled_followers() {
+    let (dir, port, config) = table(
+        r#"
+[process.spew]
+command = "yes 'spewing a line for followers that never read it, to fill their buffers' | head -n 4000000; exec sleep 1000"
+"#,
+    );
+    // A low descriptor limit makes the connection cap 64.
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=128:128", BIN, "up", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("API", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let get = |host: &str, path: &str| {
+        raw_request(
+            port,
+            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    let code = |r: &str| r.split_whitespace().nth(1).unwrap_or("").to_string();
+    assert_eq!(code(&get("evil.example", "/_supervisor/status")), "421");
+    assert_eq!(
+        code(&get("evil.example:80", "/_supervisor/logs/spew")),
+        "421"
+    );
+    assert_eq!(
+        code(&get(&format!("127.0.0.1:{port}"), "/_supervisor/status")),
+        "200"
+    );
+    assert_eq!(code(&get("localhost", "/_supervisor/status")), "200");
+    assert_eq!(code(&get("[::1]:80", "/_supervisor/health")).len(), 3);
+    for p in [
+        "/_supervisor/logs/a%E2%82",
+        "/_supervisor/logs/%",
+        "/_supervisor/logs/%zz%",
+    ] {
+        let c = code(&get("localhost", p));
+        assert!(c == "404" || c == "400", "{p}: {c}");
+    }
+
+    // Stalled followers: 40 clients that never read while the service spews.
+    let followers: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| {
+            use std::io::Write;
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(
+                b"GET /_supervisor/logs/spew?follow=1&tail=0 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    // An idle flood over the cap (64): the oldest idle connections make room.
+    let idle: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let t = Instant::now();
+    let st = get("localhost", "/_supervisor/status");
+    assert_eq!(code(&st), "200", "{st}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let rss = || {
+        let m = get("localhost", "/_supervisor/metrics");
+        m.lines()
+            .find_map(|l| l.strip_prefix("dmp_supervisor_resident_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap()
+    };
+    wait_for("the spew to end", Duration::from_secs(30), || {
+        let (_, l) = http(port, "GET", "/_supervisor/status", &[]);
+        let v: serde_json::Value = serde_json::from_str(&l).ok()?;
+        (v["entries"][0]["log_lines"].as_u64()? >= 4_000_000).then_some(())
+    });
+    let r = rss();
+    assert!(r < 120e6, "RSS {} MB with 40 stalled followers", r / 1e6);
+    eprintln!(
+        "RSS with 40 stalled followers after 4M lines: {:.1} MB",
+        r / 1e6
+    );
+    drop(followers);
+    drop(idle);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    wait_for("exit", Duration::from_secs(10), || {
+        child.try_wait().unwrap()
+    });
 }
