@@ -941,10 +941,37 @@ pub async fn serve_unix(api: Arc<Api>, listener: tokio::net::UnixListener) {
     }
 }
 
-/// Binds the Unix socket with mode 0600, replacing a stale socket file.
+/// A control socket must belong to us or to root: another local user could otherwise squat
+/// the path (in `/tmp`, say) and have the CLI talk to an impostor, or keep the supervisor from
+/// starting with a confusing error. Missing is fine (the caller reports it).
+pub fn check_socket_owner(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "{} belongs to uid {}, not to this user (uid {me}) or root: refusing to use it (someone else may have squatted the path; use a private directory such as /run or $XDG_RUNTIME_DIR)",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.file_type().is_symlink() {
+        return Err(format!(
+            "{} is a symlink: refusing to use it",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Binds the Unix socket with mode 0600, replacing a stale socket file. The path must not
+/// belong to another user, and a directory created for it is private (0700).
 pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+    check_socket_owner(path)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(std::io::Error::new(
@@ -964,7 +991,12 @@ pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixLi
         std::fs::remove_file(path)?;
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
     }
     let old = unsafe { libc::umask(0o177) };
     let l = tokio::net::UnixListener::bind(path);

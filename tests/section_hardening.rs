@@ -282,3 +282,35 @@ command = "yes 'spewing a line for followers that never read it, to fill their b
         child.try_wait().unwrap()
     });
 }
+
+/// Another user's socket at the control path (squatted in a shared directory) is refused by
+/// both the supervisor and the CLI, with the owner named.
+#[test]
+fn squatted_socket_is_refused_by_supervisor_and_cli() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root to create a socket owned by another user");
+        return;
+    }
+    let (dir, _port, config) = table("[process.web]\ncommand = \"exec sleep 60\"\n");
+    let sock = dir.path().join("ctl.sock");
+    let _impostor = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::os::unix::fs::chown(&sock, Some(65534), Some(65534)).unwrap();
+    let up = Command::new(BIN)
+        .args(["up", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&up.stderr);
+    assert_ne!(up.status.code(), Some(0));
+    assert!(err.contains("belongs to uid 65534"), "{err}");
+    let cli = Command::new(BIN)
+        .args(["--config"])
+        .arg(&config)
+        .args(["status"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&cli.stderr);
+    assert_ne!(cli.status.code(), Some(0));
+    assert!(err.contains("belongs to uid 65534"), "{err}");
+}
