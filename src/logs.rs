@@ -4,7 +4,7 @@
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::broadcast;
@@ -42,6 +42,10 @@ pub enum Format {
 /// is dropped and counted (the ring and followers still get every line).
 pub const OUTPUT_QUEUE: usize = 8 << 20;
 
+/// Named timer: a full queue whose writer made no progress for this long means stdout is
+/// stuck (nobody reads it); until it moves again, output is dropped rather than waited for.
+const STALL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where formatted service output goes (the supervisor's stdout), written by a thread of its
 /// own: a stdout nobody reads (a paused terminal, `up | less`, a stalled log driver) fills a
 /// bounded queue and then costs dropped, counted lines — never a blocked control loop.
@@ -51,6 +55,11 @@ pub struct Output {
     /// Signalled when the queue gets bytes (writer waits) or drains (`flush` waits).
     wake: Condvar,
     written_bytes: AtomicU64,
+    /// Notified by the writer after each write: capture waits on it while the queue is full.
+    room: tokio::sync::Notify,
+    /// The writer made no progress for `STALL` while the queue was full: drop instead of
+    /// waiting, until it writes again.
+    stuck: AtomicBool,
     dropped_lines: AtomicU64,
     dropped_bytes: AtomicU64,
 }
@@ -75,6 +84,8 @@ impl Output {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             written_bytes: AtomicU64::new(0),
+            room: tokio::sync::Notify::new(),
+            stuck: AtomicBool::new(false),
             dropped_lines: AtomicU64::new(0),
             dropped_bytes: AtomicU64::new(0),
         });
@@ -119,6 +130,8 @@ impl Output {
                 self.written_bytes
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
             }
+            self.stuck.store(false, Ordering::Relaxed);
+            self.room.notify_waiters();
             batch.clear();
             if batch.capacity() > OUTPUT_QUEUE {
                 batch.shrink_to(1 << 20);
@@ -128,17 +141,44 @@ impl Output {
 
     /// Queues a chunk's formatted lines; drops (and counts) them when the queue is full.
     fn write_chunk(&self, chunk: &Chunk, color: u8) {
+        if !self.try_queue(chunk, color) {
+            self.count_drop(chunk.len(), chunk.text.len());
+        }
+    }
+
+    /// Queues a chunk unless the queue is full.
+    fn try_queue(&self, chunk: &Chunk, color: u8) -> bool {
         let mut q = self.lock();
         let before = q.buf.len();
         if before >= OUTPUT_QUEUE {
-            drop(q);
-            self.count_drop(chunk.len(), chunk.text.len());
-            return;
+            return false;
         }
         chunk.format(&mut q.buf, self.format, color);
         if before == 0 {
             self.wake.notify_all();
         }
+        true
+    }
+
+    /// Queues a chunk, waiting (asynchronously: the service's pipe fills and slows it, as a
+    /// plain pipe would) while a slow reader catches up; once the writer has made no progress
+    /// for `STALL`, stdout counts as stuck and lines are dropped and counted instead.
+    async fn send(&self, chunk: &Chunk, color: u8) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.try_queue(chunk, color) {
+                return;
+            }
+            if self.stuck.load(Ordering::Relaxed) {
+                break;
+            }
+            if tokio::time::timeout(STALL, room).await.is_err() {
+                self.stuck.store(true, Ordering::Relaxed);
+            }
+        }
+        self.count_drop(chunk.len(), chunk.text.len());
     }
 
     fn count_drop(&self, lines: usize, bytes: usize) {
@@ -363,10 +403,17 @@ impl EntryLog {
         self.ring.lock().unwrap().total
     }
 
-    /// Records a chunk of complete lines and writes them to `out` in one write.
+    /// Records a chunk of complete lines and queues them for `out` (dropped if it is full).
     fn push(&self, out: &Output, chunk: Chunk) {
+        if let Some(c) = self.record(chunk) {
+            out.write_chunk(&c, self.color);
+        }
+    }
+
+    /// Records a chunk of complete lines: ring, followers.
+    fn record(&self, chunk: Chunk) -> Option<Batch> {
         if chunk.is_empty() {
-            return;
+            return None;
         }
         let mut chunk = chunk.redacted(crate::redact::global());
         chunk.ts = now_ms();
@@ -389,7 +436,7 @@ impl EntryLog {
             let _ = self.tx.send(chunk.clone());
         }
         drop(r);
-        out.write_chunk(&chunk, self.color);
+        Some(chunk)
     }
 
     /// Adds a supervisor-generated line (e.g. "exited with code 1") to this entry's log.
@@ -470,7 +517,9 @@ pub async fn pump<R: AsyncRead + Unpin>(
             Ok(_) => {
                 let mut chunk = Chunk::new(log.name.clone(), stream);
                 split_into(&mut pending, MAX_LINE, &mut chunk);
-                log.push(&out, chunk);
+                if let Some(c) = log.record(chunk) {
+                    out.send(&c, log.color).await;
+                }
             }
         }
     }
