@@ -125,7 +125,18 @@ ready = {{ postgres = "host=127.0.0.1 port={dead} user=x password=pg-hunter22" }
     assert!(text_logs.contains("db=<redacted>"), "{text_logs}");
     assert!(text_logs.contains("err <redacted>"), "{text_logs}");
     assert!(sup.stdout_text().contains("<redacted>"));
-    assert!(sup.stderr_text().contains("admin:<redacted>@"));
+    wait_for(
+        "the probe warning on stderr",
+        Duration::from_secs(10),
+        || {
+            sup.stderr_text()
+                .contains("admin:<redacted>@")
+                .then_some(())
+        },
+    );
+    for s in secrets {
+        assert!(!sup.stderr_text().contains(s), "{s} leaked in stderr");
+    }
     // Only secrets are redacted: the token variable's name is not a secret.
     assert!(text_logs.contains("tok="), "{text_logs}");
     assert!(!sup.entry("leaky")["command"]
