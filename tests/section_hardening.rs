@@ -325,3 +325,48 @@ fn squatted_socket_is_refused_by_supervisor_and_cli() {
     assert_ne!(cli.status.code(), Some(0));
     assert!(err.contains("belongs to uid 65534"), "{err}");
 }
+
+/// In native (inotify) mode, a watched root that is deleted and recreated is watched again:
+/// status says so, the recreation is a reload, and later edits reload too.
+#[test]
+fn watched_root_deleted_and_recreated_is_watched_again() {
+    let (dir, port, config) = table(
+        r#"
+[process.app]
+command = "exec sleep 1000"
+watch = { paths = ["src"], mode = "native", debounce = "50ms" }
+"#,
+    );
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a.py"), "1").unwrap();
+    let s = Sup::spawn(dir, port, config, &[], &[]);
+    let watch = || s.entry("app")["watch"].clone();
+    wait_for("native watching", Duration::from_secs(10), || {
+        (watch()["mode"] == "native").then_some(())
+    });
+    std::fs::remove_dir_all(&src).unwrap();
+    wait_for("a note about the deletion", Duration::from_secs(10), || {
+        let n = watch()["note"].as_str()?.to_string();
+        n.contains("was deleted;").then_some(())
+    });
+    let before = watch()["reloads"].as_u64().unwrap();
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a.py"), "2").unwrap();
+    wait_for("watching again", Duration::from_secs(10), || {
+        let w = watch();
+        (w["note"].as_str()?.contains("recreated; watching again")
+            && w["reloads"].as_u64()? > before)
+            .then_some(())
+    });
+    // An edit after the recreation is seen (the new tree is really watched).
+    wait_for("the reload to finish", Duration::from_secs(10), || {
+        let w = watch();
+        (w["reloading"] == false && w["pending"] == 0).then_some(())
+    });
+    let mid = watch()["reloads"].as_u64().unwrap();
+    std::fs::write(src.join("b.py"), "3").unwrap();
+    wait_for("a reload for the edit", Duration::from_secs(10), || {
+        (watch()["reloads"].as_u64()? > mid).then_some(())
+    });
+}
