@@ -236,20 +236,27 @@ fn check(config: &std::path::Path, json: bool) -> i32 {
 
 /// The supervisor's own events on stderr. `DMP_CONTAINED_LOG` = error | warn | info (default) |
 /// debug | trace.
-fn init_tracing(format: LogFormat) {
+/// The supervisor's own messages go to stderr through a thread of their own (lossy when
+/// stderr is stuck, like service output), redacted; the guard flushes them at exit.
+fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::filter::LevelFilter;
     let level = std::env::var("DMP_CONTAINED_LOG")
         .ok()
         .and_then(|l| l.trim().parse::<LevelFilter>().ok())
         .unwrap_or(LevelFilter::INFO);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("stderr")
+        .finish(redact::Writer(std::io::stderr()));
     let b = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(|| redact::Writer(std::io::stderr()))
+        .with_writer(writer)
         .with_target(false);
     match format {
         LogFormat::Json => b.json().init(),
         LogFormat::Text => b.with_ansi(nix::unistd::isatty(2).unwrap_or(false)).init(),
     }
+    guard
 }
 
 fn cache_dir(config: &std::path::Path) -> Result<PathBuf, i32> {
@@ -349,7 +356,8 @@ fn up(
     without: &[String],
     fresh: bool,
 ) -> i32 {
-    init_tracing(format);
+    // Dropped when `up` returns: flushes what is queued (bounded wait) before the exit.
+    let _stderr = init_tracing(format);
     let plan = match load(config) {
         Ok(p) => p,
         Err(c) => return c,

@@ -7,8 +7,8 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The supervisor with its stdout on a pipe that nobody reads (a paused terminal, `up | less`,
-/// a stalled log driver).
+/// The supervisor with its stdout and stderr on a pipe that nobody reads (a paused terminal,
+/// `up | less`, a stalled log driver).
 #[test]
 fn blocked_stdout_never_freezes_status_or_shutdown() {
     let (dir, port, config) = table(
@@ -17,14 +17,25 @@ fn blocked_stdout_never_freezes_status_or_shutdown() {
 command = "yes 'a line of output that nobody is going to read, over and over' | head -n 3000000; exec sleep 1000"
 "#,
     );
+    // stdout and stderr on one pipe that is never read, as under a stalled log driver.
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (_unread, w) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
     let mut child = Command::new(BIN)
         .args(["up", "--config"])
         .arg(&config)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped()) // never read
-        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+        .stdout(Stdio::from(w.try_clone().unwrap()))
+        .stderr(Stdio::from(w))
         .spawn()
         .unwrap();
+    let _ = &dir;
     let status = || -> Option<serde_json::Value> {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
         let (code, body) = http(port, "GET", "/_supervisor/status", &[]);
