@@ -246,6 +246,8 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .unwrap_or(LevelFilter::INFO);
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
+        // Slots are allocated (and touched) up front: keep the queue small.
+        .buffered_lines_limit(4096)
         .thread_name("stderr")
         .finish(redact::Writer(std::io::stderr()));
     let b = tracing_subscriber::fmt()
