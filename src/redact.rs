@@ -21,10 +21,7 @@ pub struct Redactor {
 
 impl Redactor {
     pub fn new(values: impl IntoIterator<Item = String>) -> Redactor {
-        let mut v: Vec<String> = values
-            .into_iter()
-            .filter(|s| s.len() >= MIN_SECRET)
-            .collect();
+        let mut v: Vec<String> = values.into_iter().filter(|s| plausible(s)).collect();
         v.sort();
         v.dedup();
         let ac = (!v.is_empty()).then(|| {
@@ -77,6 +74,17 @@ impl Redactor {
     }
 }
 
+/// Could this value be a secret? Short values, booleans and plain numbers (`AUTH_ENABLED =
+/// "true"`, a port) are not redacted: they would blank out ordinary words in every log line.
+fn plausible(s: &str) -> bool {
+    s.len() >= MIN_SECRET
+        && !s.bytes().all(|b| b.is_ascii_digit())
+        && !matches!(
+            s.to_ascii_lowercase().as_str(),
+            "true" | "false" | "none" | "null" | "enabled" | "disabled"
+        )
+}
+
 /// Installs the process-wide redactor (once, at start; later calls are ignored).
 pub fn install(r: Redactor) {
     let _ = GLOBAL.set(r);
@@ -88,9 +96,16 @@ pub fn global() -> &'static Redactor {
     GLOBAL.get().unwrap_or(&EMPTY)
 }
 
-/// Does a variable name look like it holds a secret?
+/// Does a variable name look like it holds a secret? (`KEY_FILE`, `TOKEN_PATH`, … name where a
+/// secret is, not the secret.)
 pub fn is_secret_name(name: &str) -> bool {
     let n = name.to_ascii_uppercase();
+    if ["_FILE", "_PATH", "_DIR", "_ENV"]
+        .iter()
+        .any(|s| n.ends_with(s))
+    {
+        return false;
+    }
     [
         "PASS",
         "SECRET",
@@ -244,6 +259,10 @@ mod tests {
         assert_eq!(j["a"][0], "x <redacted>");
         assert_eq!(j["b"]["c"], "<redacted>");
         assert!(matches!(r.apply("clean"), Cow::Borrowed(_)));
+        let r = Redactor::new(["true".into(), "8080".into(), "False".into()]);
+        assert!(r.is_empty());
+        assert!(!is_secret_name("SSH_KEY_FILE"));
+        assert!(is_secret_name("DB_PASS"));
     }
 
     #[test]
