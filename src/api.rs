@@ -77,6 +77,7 @@ impl Api {
             .ok()?
             .ok()?;
         scrub_status(&mut v, &self.secrets);
+        crate::redact::global().apply_json(&mut v);
         Some(v)
     }
 
@@ -92,6 +93,12 @@ impl Api {
             .collect();
         let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
         let method = req.method().clone();
+        if !trusted && !host_allowed(&req) {
+            return error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "Host not allowed: use an IP address or localhost, or list the name in DMP_CONTAINED_API_HOSTS (comma-separated)",
+            );
+        }
         let authorized = trusted || self.bearer_ok(&req);
         match (&method, parts.as_slice()) {
             (&Method::GET, []) => full(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
@@ -316,7 +323,7 @@ impl Api {
 
 /// Bytes a follower may have formatted but not yet written to its socket; beyond this its
 /// newest lines are dropped (with a marker line) instead of growing memory or slowing anyone.
-const FOLLOW_MAX_PENDING: usize = 2 << 20;
+const FOLLOW_MAX_PENDING: usize = 256 << 10;
 
 static FOLLOWERS: AtomicUsize = AtomicUsize::new(0);
 static TCP_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
@@ -481,22 +488,41 @@ pub fn scrub(s: &str, secrets: &[&str]) -> String {
     out
 }
 
+/// Decodes `%XX` escapes; anything else (a lone `%`, `%` before a multi-byte character) is
+/// kept as it is. Never slices inside a character.
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(x) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(x)) => {
                 out.push(x);
                 i += 3;
-                continue;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
             }
         }
-        out.push(b[i]);
-        i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod decode_tests {
+    #[test]
+    fn percent_decode_never_panics() {
+        assert_eq!(super::percent_decode("a%20b"), "a b");
+        assert_eq!(super::percent_decode("a%\u{20ac}"), "a%\u{20ac}");
+        assert_eq!(super::percent_decode("%"), "%");
+        assert_eq!(super::percent_decode("%e2%82"), "\u{fffd}");
+        assert_eq!(super::percent_decode("%zz%4"), "%zz%4");
+    }
 }
 
 /// Raises this process's RLIMIT_NOFILE soft limit to the hard limit (many followers and
@@ -668,6 +694,25 @@ pub fn render_metrics(v: &Value) -> String {
             v["supervisor"]["uptime_s"].as_f64().unwrap_or(0.0),
         )],
     );
+    let output = &v["supervisor"]["output"];
+    family(
+        "dmp_output_dropped_lines_total",
+        "service output lines dropped because the supervisor's stdout was not being read",
+        "counter",
+        vec![(
+            String::new(),
+            output["dropped_lines"].as_f64().unwrap_or(0.0),
+        )],
+    );
+    family(
+        "dmp_output_queued_bytes",
+        "formatted output waiting for stdout",
+        "gauge",
+        vec![(
+            String::new(),
+            output["queued_bytes"].as_f64().unwrap_or(0.0),
+        )],
+    );
     family(
         "dmp_supervisor_resident_bytes",
         "supervisor resident memory",
@@ -700,14 +745,114 @@ fn parse_query(q: &str) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
+/// Does the request's Host name this supervisor? An IP literal, `localhost` or any single-label
+/// name always does (a DNS-rebinding page can only use a dotted name it controls); other names
+/// must be listed in
+/// `DMP_CONTAINED_API_HOSTS` (comma-separated).
+fn host_allowed(req: &Request<Incoming>) -> bool {
+    let Some(host) = req.headers().get("host").and_then(|h| h.to_str().ok()) else {
+        // HTTP/1.0 without Host: not a browser.
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |x| x.0),
+    }
+    .trim_end_matches('.')
+    .to_ascii_lowercase();
+    // A rebinding page needs a public, dotted name; a single label (`localhost`, a compose
+    // service name) or an IP literal cannot be one.
+    if name.parse::<std::net::Ipv4Addr>().is_ok()
+        || !name.contains('.')
+        || name.ends_with(".localhost")
+    {
+        return true;
+    }
+    static EXTRA: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    EXTRA
+        .get_or_init(|| {
+            std::env::var("DMP_CONTAINED_API_HOSTS")
+                .unwrap_or_default()
+                .split(',')
+                .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect()
+        })
+        .contains(&name)
+}
+
+/// One TCP connection, as the accept loop sees it: idle ones are evicted when the cap is
+/// reached, so a flood of idle connections never locks everyone out.
+struct Conn {
+    cancel: tokio_util::sync::CancellationToken,
+    /// Requests in flight, or a streaming (follow) response.
+    busy: AtomicUsize,
+    /// When it last became idle (ms since start of the process clock).
+    idle_since: std::sync::atomic::AtomicU64,
+}
+
+fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+/// Live TCP connections (owned by the accept loop; each connection task only updates its own
+/// counters).
+#[derive(Default)]
+struct Conns(Vec<std::sync::Weak<Conn>>);
+
+impl Conns {
+    fn add(&mut self) -> Arc<Conn> {
+        self.0.retain(|w| w.strong_count() > 0);
+        let c = Arc::new(Conn {
+            cancel: tokio_util::sync::CancellationToken::new(),
+            busy: AtomicUsize::new(0),
+            idle_since: std::sync::atomic::AtomicU64::new(mono_ms()),
+        });
+        self.0.push(Arc::downgrade(&c));
+        c
+    }
+
+    /// Closes the connection idle the longest; false when every one is busy.
+    fn evict_idle(&mut self) -> bool {
+        self.0.retain(|w| w.strong_count() > 0);
+        let oldest = self
+            .0
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter(|c| c.busy.load(Ordering::Relaxed) == 0 && !c.cancel.is_cancelled())
+            .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
+        match oldest {
+            Some(c) => {
+                c.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// Serves one connection with limits: header read timeout, bounded buffers.
-async fn serve_conn<IO>(api: Arc<Api>, io: IO, trusted: bool)
+async fn serve_conn<IO>(api: Arc<Api>, io: IO, trusted: bool, conn: Option<Arc<Conn>>)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let state = conn.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let api = api.clone();
+        let state = state.clone();
         async move {
+            if let Some(c) = &state {
+                c.busy.fetch_add(1, Ordering::Relaxed);
+            }
             // Request bodies are not used; refuse big ones without reading them.
             if req.body().size_hint().lower() > 64 * 1024 {
                 return Ok::<_, Infallible>(error(
@@ -717,7 +862,15 @@ where
             }
             let (parts, body) = req.into_parts();
             let req = Request::from_parts(parts, body);
-            Ok(api.handle(req, trusted).await)
+            let resp = api.handle(req, trusted).await;
+            if let Some(c) = &state {
+                // A streaming (follow) response keeps the connection busy until it closes.
+                if matches!(resp.body(), http_body_util::Either::Left(_)) {
+                    c.idle_since.store(mono_ms(), Ordering::Relaxed);
+                    c.busy.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            Ok(resp)
         }
     });
     let mut b = hyper::server::conn::http1::Builder::new();
@@ -726,17 +879,31 @@ where
         .max_headers(64)
         .max_header_size(32 * 1024)
         .max_buf_size(64 * 1024);
-    let _ = b.serve_connection(TokioIo::new(io), svc).await;
+    let serve = b.serve_connection(TokioIo::new(io), svc);
+    match conn {
+        Some(c) => {
+            tokio::select! {
+                _ = serve => {}
+                _ = c.cancel.cancelled() => {}
+            }
+        }
+        None => {
+            let _ = serve.await;
+        }
+    }
 }
 
 pub async fn serve_tcp(api: Arc<Api>, listener: tokio::net::TcpListener) {
     // Leave most descriptors to the services: at most half the soft limit for HTTP clients.
     let cap = (nofile_soft() / 2).clamp(64, 16384) as usize;
     let mut last_warn: Option<std::time::Instant> = None;
+    let mut conns = Conns::default();
     loop {
         match listener.accept().await {
             Ok((s, _)) => {
-                if TCP_CONNECTIONS.load(Ordering::Relaxed) >= cap {
+                // At the cap, the connection idle the longest makes room; only when every
+                // one is busy is the new one refused.
+                if TCP_CONNECTIONS.load(Ordering::Relaxed) >= cap && !conns.evict_idle() {
                     // Closing at once tells the client; idle ones time out (header_read_timeout).
                     if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                         tracing::warn!("control API: {cap} connections open; refusing more");
@@ -748,8 +915,9 @@ pub async fn serve_tcp(api: Arc<Api>, listener: tokio::net::TcpListener) {
                 let _ = s.set_nodelay(true);
                 let count = Count::new(&TCP_CONNECTIONS);
                 let api = api.clone();
+                let conn = conns.add();
                 tokio::spawn(async move {
-                    serve_conn(api, s, false).await;
+                    serve_conn(api, s, false, Some(conn)).await;
                     drop(count);
                 });
             }
@@ -772,7 +940,7 @@ pub async fn serve_unix(api: Arc<Api>, listener: tokio::net::UnixListener) {
     loop {
         match listener.accept().await {
             Ok((s, _)) => {
-                tokio::spawn(serve_conn(api.clone(), s, true));
+                tokio::spawn(serve_conn(api.clone(), s, true, None));
             }
             Err(e) => {
                 tracing::warn!("socket accept: {e}");
@@ -782,10 +950,37 @@ pub async fn serve_unix(api: Arc<Api>, listener: tokio::net::UnixListener) {
     }
 }
 
-/// Binds the Unix socket with mode 0600, replacing a stale socket file.
+/// A control socket must belong to us or to root: another local user could otherwise squat
+/// the path (in `/tmp`, say) and have the CLI talk to an impostor, or keep the supervisor from
+/// starting with a confusing error. Missing is fine (the caller reports it).
+pub fn check_socket_owner(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "{} belongs to uid {}, not to this user (uid {me}) or root: refusing to use it (someone else may have squatted the path; use a private directory such as /run or $XDG_RUNTIME_DIR)",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.file_type().is_symlink() {
+        return Err(format!(
+            "{} is a symlink: refusing to use it",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Binds the Unix socket with mode 0600, replacing a stale socket file. The path must not
+/// belong to another user, and a directory created for it is private (0700).
 pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+    check_socket_owner(path)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(std::io::Error::new(
@@ -805,7 +1000,12 @@ pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixLi
         std::fs::remove_file(path)?;
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
     }
     let old = unsafe { libc::umask(0o177) };
     let l = tokio::net::UnixListener::bind(path);

@@ -279,8 +279,57 @@ pub fn record_path(dir: &Path, step: &str, key: &str) -> PathBuf {
         .join(format!("{key}.json"))
 }
 
+/// A hit only for a readable record of this step and key: a corrupt one (garbage, truncated,
+/// empty, another schema) is a miss with a warning, so the step runs and rewrites it.
 pub fn has_record(dir: &Path, step: &str, key: &str) -> bool {
-    record_path(dir, step, key).is_file()
+    match read_record(&record_path(dir, step, key)) {
+        Ok(Some(r)) if r.step == step && r.key == key => true,
+        Ok(Some(r)) => {
+            tracing::warn!(
+                "cache record for `{step}` names step `{}` key `{}`; treating it as a miss",
+                r.step,
+                r.key
+            );
+            false
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!("{e}; treating it as a miss (the step runs and rewrites it)");
+            false
+        }
+    }
+}
+
+/// Reads a record file: `Ok(None)` when there is none, `Err` when it is unreadable.
+pub fn read_record(path: &Path) -> Result<Option<Record>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cache record {}: {e}", path.display())),
+    };
+    serde_json::from_slice::<Record>(&bytes)
+        .map(Some)
+        .map_err(|e| format!("corrupt cache record {}: {e}", path.display()))
+}
+
+/// Record files that cannot be read as records, with the reason (for `cache ls`).
+pub fn list_corrupt(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let Ok(steps) = std::fs::read_dir(dir.join("steps")) else {
+        return out;
+    };
+    for s in steps.flatten() {
+        for f in std::fs::read_dir(s.path()).into_iter().flatten().flatten() {
+            if f.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if let Err(e) = read_record(&f.path()) {
+                out.push((f.path(), e));
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Writes `bytes` to `path` atomically and durably: temp file in the same dir, fsync,
@@ -731,6 +780,44 @@ mod tests {
         assert!(list_records(d.path()).is_empty());
         // An unwritable cache dir is an error, not a panic.
         assert!(write_record(Path::new("/proc/nope"), &r).is_err());
+    }
+
+    #[test]
+    fn corrupt_records_are_misses_and_listed() {
+        let d = tempfile::tempdir().unwrap();
+        let good = Record {
+            step: "seed".into(),
+            key: "k1".into(),
+            at_ms: 1,
+            duration_s: 0.5,
+        };
+        let full = serde_json::to_vec(&good).unwrap();
+        let other = serde_json::to_vec(&Record {
+            key: "other".into(),
+            ..good.clone()
+        })
+        .unwrap();
+        let cases: [&[u8]; 5] = [
+            b"\x00\xffgarbage",
+            &full[..full.len() / 2],
+            b"",
+            br#"{"version": 2, "entries": []}"#,
+            &other,
+        ];
+        for bytes in cases {
+            let p = record_path(d.path(), "seed", "k1");
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, bytes).unwrap();
+            assert!(!has_record(d.path(), "seed", "k1"), "{bytes:?}");
+        }
+        // The last case is a readable record under the wrong name: not listed as corrupt.
+        std::fs::write(record_path(d.path(), "seed", "k1"), b"{").unwrap();
+        let bad = list_corrupt(d.path());
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].1.starts_with("corrupt cache record"), "{}", bad[0].1);
+        write_record(d.path(), &good).unwrap();
+        assert!(has_record(d.path(), "seed", "k1"));
+        assert!(list_corrupt(d.path()).is_empty());
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub struct Reply {
 
 impl Client {
     pub async fn request(&self, method: &str, path: &str) -> Result<Reply, String> {
+        crate::api::check_socket_owner(&self.socket)?;
         let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| {
             let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
                 "the socket is mode 0600: run as the supervisor's user (root in the container)"

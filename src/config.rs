@@ -237,6 +237,7 @@ struct Errors<'a> {
 
 impl Errors<'_> {
     fn at(&mut self, offset: usize, msg: impl Into<String>) {
+        let msg = truncate_msg(msg.into());
         let before = &self.src[..offset.min(self.src.len())];
         let line = before.matches('\n').count() + 1;
         let col = offset - before.rfind('\n').map(|p| p + 1).unwrap_or(0) + 1;
@@ -244,7 +245,7 @@ impl Errors<'_> {
             file: self.file.to_path_buf(),
             line,
             col,
-            msg: msg.into(),
+            msg,
         });
     }
 
@@ -329,12 +330,17 @@ pub fn parse(
     let (settings_raw, sup_span) = match raw.supervisor {
         Some(s) => {
             let span = s.span();
-            match RawSettings::deserialize(s.into_inner()) {
+            match serde_path_to_error::deserialize::<_, RawSettings>(s.into_inner()) {
                 Ok(r) => (r, span),
                 Err(e) => {
-                    let msg = e.to_string();
-                    let k = backticked(&msg).unwrap_or_default();
-                    errs.key(&span, &k, format!("[supervisor]: {msg}"));
+                    let msg = e.inner().message().to_string();
+                    match key_offset(src, "supervisor", e.path()) {
+                        Some(off) => errs.at(off, format!("[supervisor]: {msg}")),
+                        None => {
+                            let k = backticked(&msg).unwrap_or_default();
+                            errs.key(&span, &k, format!("[supervisor]: {msg}"))
+                        }
+                    }
                     (RawSettings::default(), span)
                 }
             }
@@ -492,12 +498,18 @@ pub fn parse(
                 continue;
             }
             let span = extent(src, span, &format!("{section}.{name}"));
-            match RawEntry::deserialize(v.into_inner()) {
+            match serde_path_to_error::deserialize::<_, RawEntry>(v.into_inner()) {
                 Ok(r) => raws.push((name, kind, span, r)),
                 Err(e) => {
-                    let msg = e.to_string();
-                    let k = backticked(&msg).unwrap_or_default();
-                    errs.key(&span, &k, format!("[{section}.{name}]: {msg}"));
+                    let msg = e.inner().message().to_string();
+                    let at = key_offset(src, &format!("{section}.{name}"), e.path());
+                    match at {
+                        Some(off) => errs.at(off, format!("[{section}.{name}]: {msg}")),
+                        None => {
+                            let k = backticked(&msg).unwrap_or_default();
+                            errs.key(&span, &k, format!("[{section}.{name}]: {msg}"))
+                        }
+                    }
                 }
             }
         }
@@ -1073,6 +1085,7 @@ pub fn parse(
         }
     }
 
+    validate_values(&mut errs, &settings, &entries);
     if !errs.list.is_empty() {
         errs.list.sort_by_key(|e| (e.line, e.col));
         return Err(ConfigErrors(errs.list));
@@ -1085,6 +1098,188 @@ pub fn parse(
         entries,
         levels,
     })
+}
+
+/// Messages quote values; a huge one (a 5 MB `user`) is cut to keep the message readable.
+fn truncate_msg(msg: String) -> String {
+    const MAX: usize = 400;
+    if msg.len() <= MAX {
+        return msg;
+    }
+    let mut cut = MAX;
+    while !msg.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} more bytes)", &msg[..cut], msg.len() - cut)
+}
+
+/// Offset of the deepest key of `path` (a serde path under the dotted `table`) in `src`, for
+/// errors that belong at a key rather than at its table's header.
+fn key_offset(src: &str, table: &str, path: &serde_path_to_error::Path) -> Option<usize> {
+    use serde_path_to_error::Segment;
+    let doc = toml_edit::ImDocument::parse(src).ok()?;
+    let mut item: &toml_edit::Item = doc.as_item();
+    let mut found = None;
+    let keys = table
+        .split('.')
+        .map(str::to_string)
+        .chain(path.iter().filter_map(|s| match s {
+            Segment::Map { key } => Some(key.clone()),
+            _ => None,
+        }));
+    for k in keys {
+        let (key, next) = item.as_table_like()?.get_key_value(&k)?;
+        found = key.span().map(|s| s.start).or(found);
+        item = next;
+    }
+    found
+}
+
+/// Minimum for probe intervals and timeouts and for watch polling: below it a probe or a poll
+/// loop would spin.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Value checks that need the whole table: every value has a documented range and type, and
+/// `check` refuses what would fail (or spin) later.
+fn validate_values(errs: &mut Errors, settings: &Settings, entries: &[Entry]) {
+    let Ok(doc) = toml_edit::ImDocument::parse(errs.src) else {
+        return;
+    };
+    let at_key = |path: &[&str]| -> usize {
+        let mut item: &toml_edit::Item = doc.as_item();
+        let mut off = 0;
+        for k in path {
+            let Some((key, next)) = item.as_table_like().and_then(|t| t.get_key_value(k)) else {
+                break;
+            };
+            off = key.span().map_or(off, |s| s.start);
+            item = next;
+        }
+        off
+    };
+    if entries.is_empty() && errs.list.is_empty() {
+        errs.at(
+            0,
+            "nothing to supervise: the table has no [process.NAME] or [step.NAME] entry",
+        );
+    }
+    datetimes(errs, doc.as_item());
+    if settings.api_listen.parse::<std::net::SocketAddr>().is_err() {
+        errs.at(
+            at_key(&["supervisor", "api_listen"]),
+            format!(
+                "`api_listen` must be IP:PORT (e.g. \"127.0.0.1:8089\" or \"0.0.0.0:80\"), not {:?}",
+                settings.api_listen
+            ),
+        );
+    }
+    for e in entries {
+        let section = match e.kind {
+            Kind::Longrun => "process",
+            Kind::Oneshot => "step",
+        };
+        for (key, probe) in [("ready", &e.ready), ("liveness", &e.liveness)] {
+            let Some(p) = probe else { continue };
+            let here = |k: &str| at_key(&[section, &e.name, key, k]);
+            if let Err(m) = probe_target(&p.kind) {
+                let k = match p.kind {
+                    ProbeKind::Tcp(_) => "tcp",
+                    ProbeKind::Http { .. } => "http",
+                    ProbeKind::Exec(_) => "exec",
+                    ProbeKind::Postgres(_) => "postgres",
+                    ProbeKind::Redis(_) => "redis",
+                };
+                errs.at(here(k), format!("`{}`: {key}.{k}: {m}", e.name));
+            }
+            for (k, d) in [("interval", p.interval), ("timeout", p.timeout)] {
+                if d < MIN_INTERVAL {
+                    errs.at(
+                        here(k),
+                        format!("`{}`: {key}.{k} must be at least 10ms", e.name),
+                    );
+                }
+            }
+        }
+        if let Some(w) = &e.watch {
+            if w.poll_interval < MIN_INTERVAL {
+                errs.at(
+                    at_key(&[section, &e.name, "watch", "poll_interval"]),
+                    format!("`{}`: watch.poll_interval must be at least 10ms", e.name),
+                );
+            }
+        }
+    }
+}
+
+/// No key takes a date: a TOML datetime where a string was meant (`at = 1979-05-27`) is an
+/// error at the value, not a string.
+fn datetimes(errs: &mut Errors, item: &toml_edit::Item) {
+    use toml_edit::{Item, Value};
+    fn value(errs: &mut Errors, v: &Value) {
+        match v {
+            Value::Datetime(d) => errs.at(
+                d.span().map_or(0, |s| s.start),
+                format!("a TOML date/time is not a valid value here (quote it if it is a string: \"{}\")", d.value()),
+            ),
+            Value::Array(a) => a.iter().for_each(|x| value(errs, x)),
+            Value::InlineTable(t) => t.iter().for_each(|(_, x)| value(errs, x)),
+            _ => {}
+        }
+    }
+    match item {
+        Item::Value(v) => value(errs, v),
+        Item::Table(t) => t.iter().for_each(|(_, x)| datetimes(errs, x)),
+        Item::ArrayOfTables(a) => a.iter().for_each(|t| {
+            t.iter().for_each(|(_, x)| datetimes(errs, x));
+        }),
+        Item::None => {}
+    }
+}
+
+/// A probe target that cannot work: checked once by `check`, not failed on every probe.
+fn probe_target(kind: &ProbeKind) -> Result<(), String> {
+    let host_port = |s: &str| -> Result<(), String> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} needs HOST:PORT"))?;
+        port.parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{s:?}: bad port {port:?}"))?;
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(format!("{s:?}: bad host {host:?}"));
+        }
+        Ok(())
+    };
+    match kind {
+        ProbeKind::Tcp(a) => host_port(a),
+        // The scheme is checked where the probe is built; this is the parse the probe does.
+        ProbeKind::Http { url, .. } if url.starts_with("http://") => {
+            let uri: hyper::Uri = url.parse().map_err(|e| {
+                format!("{url:?} is not a valid URL ({e}; a `/` or `@` in a password must be written %2F, %40)")
+            })?;
+            if uri.host().is_none_or(str::is_empty) {
+                return Err(format!("{url:?} has no host"));
+            }
+            let authority = uri.authority().map_or("", |a| a.as_str());
+            let hostport = authority.rsplit_once('@').map_or(authority, |x| x.1);
+            if hostport.contains(':') && !hostport.ends_with(']') && uri.port_u16().is_none() {
+                return Err(format!(
+                    "{url:?}: bad port (a `/` in a password must be written %2F)"
+                ));
+            }
+            Ok(())
+        }
+        ProbeKind::Http { .. } => Ok(()),
+        ProbeKind::Exec(_) => Ok(()),
+        ProbeKind::Postgres(dsn) => dsn
+            .parse::<tokio_postgres::Config>()
+            .map(|_| ())
+            .map_err(|e| format!("bad connection string: {e}")),
+        ProbeKind::Redis(url) => redis::parse_redis_url(url)
+            .map(|_| ())
+            .ok_or_else(|| format!("{url:?} is not a redis:// URL")),
+    }
 }
 
 /// Extends an entry's span over its sub-tables (`[process.a.restart]` …), up to the next
@@ -1329,5 +1524,97 @@ after = ["seed", "db:started"]
             Some(nix::sys::signal::Signal::SIGINT)
         );
         assert_eq!(parse_signal("SIGFOO"), None);
+    }
+}
+
+/// Config fuzzer: mutated shipped tables never panic or hang `check`, and every error has a
+/// place. Longer runs: `PROPTEST_CASES=20000 cargo test --release config::fuzz`.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    const SHIPPED: [&str; 2] = [
+        include_str!("../supervisor.toml"),
+        include_str!("../examples/minimal.toml"),
+    ];
+
+    fn hostile() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("\"\"".to_string()),
+            Just("\"0s\"".to_string()),
+            Just("1979-05-27".to_string()),
+            Just("1979-05-27T07:32:00Z".to_string()),
+            Just("07:32:00".to_string()),
+            Just("5".to_string()),
+            Just("-1".to_string()),
+            Just("1e308".to_string()),
+            Just("[]".to_string()),
+            Just("[[]]".to_string()),
+            Just("{}".to_string()),
+            Just("{ exec = [] }".to_string()),
+            Just("true".to_string()),
+            Just("\"http://\"".to_string()),
+            Just("\"localhost\"".to_string()),
+            Just("\"${UNSET}\"".to_string()),
+            Just(format!("\"{}\"", "x".repeat(200_000))),
+            "[ -~]{0,40}".prop_map(|s| s),
+            "[a-z0-9:/@.%]{0,30}".prop_map(|s| format!("{s:?}")),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64)
+        ))]
+        #[test]
+        fn mutated_tables_never_panic(
+            which in 0..SHIPPED.len(),
+            muts in proptest::collection::vec((any::<prop::sample::Index>(), hostile()), 1..4),
+        ) {
+            let mut lines: Vec<String> = SHIPPED[which].lines().map(str::to_string).collect();
+            let values: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].contains(" = ")).collect();
+            for (idx, v) in muts {
+                let i = values[idx.index(values.len())];
+                let key = lines[i].split(" = ").next().unwrap().to_string();
+                lines[i] = format!("{key} = {v}");
+            }
+            let src = lines.join("\n");
+            let env = std::collections::BTreeMap::new();
+            let start = std::time::Instant::now();
+            if let Err(e) = super::parse(std::path::Path::new("/tmp/fuzz.toml"), &src, &env) {
+                for err in &e.0 {
+                    prop_assert!(err.line >= 1, "{err}");
+                    prop_assert!(err.msg.len() < 2_000, "message not truncated: {}", err.msg.len());
+                }
+            }
+            prop_assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_at_their_key() {
+        let src = "[supervisor]\napi_listen = \"localhost\"\n\n[process.a]\ncommand = \"true\"\nstop_timeout = 5\n\n[process.b]\ncommand = \"true\"\nready = { tcp = \"x\", interval = \"0s\" }\nwatch = { paths = [\".\"], poll_interval = \"1ms\" }\n[process.c]\ncommand = \"true\"\nready = { redis = \"http://r\" }\nschedule = 1979-05-27\n";
+        let env = std::collections::BTreeMap::new();
+        let errs = super::parse(std::path::Path::new("/t/s.toml"), src, &env).unwrap_err();
+        let got: Vec<String> = errs
+            .0
+            .iter()
+            .map(|e| format!("{}:{} {}", e.line, e.col, e.msg))
+            .collect();
+        let want = [
+            "2:1 `api_listen` must be IP:PORT",
+            "6:1 [process.a]: invalid type: integer `5`, expected a string",
+            "10:11 `b`: ready.tcp",
+            "10:22 `b`: ready.interval must be at least 10ms",
+            "11:26 `b`: watch.poll_interval must be at least 10ms",
+            "14:11 `c`: ready.redis",
+            "15:12 a TOML date/time is not a valid value here",
+        ];
+        for w in want {
+            assert!(got.iter().any(|g| g.starts_with(w)), "{w} not in {got:#?}");
+        }
+        let empty =
+            super::parse(std::path::Path::new("/t/e.toml"), "# nothing\n", &env).unwrap_err();
+        assert!(empty.0[0].msg.contains("nothing to supervise"));
     }
 }

@@ -4,7 +4,8 @@
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::broadcast;
 
@@ -37,24 +38,183 @@ pub enum Format {
     Json,
 }
 
-/// Where formatted service output goes (the supervisor's stdout).
+/// Bytes of formatted output that may wait for a slow stdout reader; beyond this, new output
+/// is dropped and counted (the ring and followers still get every line).
+pub const OUTPUT_QUEUE: usize = 8 << 20;
+
+/// Named timer: a full queue whose writer made no progress for this long means stdout is
+/// stuck (nobody reads it); until it moves again, output is dropped rather than waited for.
+const STALL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Where formatted service output goes (the supervisor's stdout), written by a thread of its
+/// own: a stdout nobody reads (a paused terminal, `up | less`, a stalled log driver) fills a
+/// bounded queue and then costs dropped, counted lines — never a blocked control loop.
 pub struct Output {
     pub format: Format,
-    sink: Mutex<Box<dyn Write + Send>>,
+    queue: Mutex<Queue>,
+    /// Signalled when the queue gets bytes (writer waits) or drains (`flush` waits).
+    wake: Condvar,
+    written_bytes: AtomicU64,
+    /// Notified by the writer after each write: capture waits on it while the queue is full.
+    room: tokio::sync::Notify,
+    /// The writer made no progress for `STALL` while the queue was full: drop instead of
+    /// waiting, until it writes again.
+    stuck: AtomicBool,
+    dropped_lines: AtomicU64,
+    dropped_bytes: AtomicU64,
+}
+
+#[derive(Default)]
+struct Queue {
+    buf: Vec<u8>,
+    /// The writer thread holds a batch it took from `buf`.
+    writing: bool,
 }
 
 impl Output {
+    /// Output to the process's stdout, through a writer thread.
     pub fn stdout(format: Format) -> Arc<Output> {
-        Arc::new(Output {
-            format,
-            sink: Mutex::new(Box::new(std::io::stdout())),
-        })
+        Output::spawn(format, Box::new(std::io::stdout()))
     }
 
-    fn write_batch(&self, buf: &[u8]) {
-        let mut s = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = s.write_all(buf);
-        let _ = s.flush();
+    /// Output to `sink`, through a writer thread.
+    pub fn spawn(format: Format, sink: Box<dyn Write + Send>) -> Arc<Output> {
+        let out = Arc::new(Output {
+            format,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            written_bytes: AtomicU64::new(0),
+            room: tokio::sync::Notify::new(),
+            stuck: AtomicBool::new(false),
+            dropped_lines: AtomicU64::new(0),
+            dropped_bytes: AtomicU64::new(0),
+        });
+        let w = out.clone();
+        std::thread::Builder::new()
+            .name("output".into())
+            .spawn(move || w.writer(sink))
+            .expect("spawn the output thread");
+        out
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The writer thread: takes everything queued, writes it, repeats; after a stall it says
+    /// how many lines were dropped.
+    fn writer(&self, mut sink: Box<dyn Write + Send>) {
+        let mut batch = Vec::new();
+        let mut reported = 0;
+        loop {
+            {
+                let mut q = self.lock();
+                q.writing = false;
+                self.wake.notify_all();
+                while q.buf.is_empty() {
+                    q = self.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+                std::mem::swap(&mut q.buf, &mut batch);
+                q.writing = true;
+            }
+            let dropped = self.dropped_lines.load(Ordering::Relaxed);
+            if dropped > reported {
+                let _ = writeln!(
+                    batch,
+                    "dmp-contained | [output] {} lines dropped while stdout was not being read ({dropped} in all)",
+                    dropped - reported
+                );
+                reported = dropped;
+            }
+            if sink.write_all(&batch).and_then(|_| sink.flush()).is_ok() {
+                self.written_bytes
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            self.stuck.store(false, Ordering::Relaxed);
+            self.room.notify_waiters();
+            batch.clear();
+            if batch.capacity() > OUTPUT_QUEUE {
+                batch.shrink_to(1 << 20);
+            }
+        }
+    }
+
+    /// Queues a chunk's formatted lines; drops (and counts) them when the queue is full.
+    fn write_chunk(&self, chunk: &Chunk, color: u8) {
+        if !self.try_queue(chunk, color) {
+            self.count_drop(chunk.len(), chunk.text.len());
+        }
+    }
+
+    /// Queues a chunk unless the queue is full.
+    fn try_queue(&self, chunk: &Chunk, color: u8) -> bool {
+        let mut q = self.lock();
+        let before = q.buf.len();
+        if before >= OUTPUT_QUEUE {
+            return false;
+        }
+        chunk.format(&mut q.buf, self.format, color);
+        if before == 0 {
+            self.wake.notify_all();
+        }
+        true
+    }
+
+    /// Queues a chunk, waiting (asynchronously: the service's pipe fills and slows it, as a
+    /// plain pipe would) while a slow reader catches up; once the writer has made no progress
+    /// for `STALL`, stdout counts as stuck and lines are dropped and counted instead.
+    async fn send(&self, chunk: &Chunk, color: u8) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.try_queue(chunk, color) {
+                return;
+            }
+            if self.stuck.load(Ordering::Relaxed) {
+                break;
+            }
+            if tokio::time::timeout(STALL, room).await.is_err() {
+                self.stuck.store(true, Ordering::Relaxed);
+            }
+        }
+        self.count_drop(chunk.len(), chunk.text.len());
+    }
+
+    fn count_drop(&self, lines: usize, bytes: usize) {
+        self.dropped_lines
+            .fetch_add(lines as u64, Ordering::Relaxed);
+        self.dropped_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Waits up to `timeout` for everything queued to be written (at exit).
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut q = self.lock();
+        while !q.buf.is_empty() || q.writing {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            q = self
+                .wake
+                .wait_timeout(q, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// For status `supervisor.output` and the metrics.
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::json!({
+            "queued_bytes": self.lock().buf.len(),
+            "queue_limit_bytes": OUTPUT_QUEUE,
+            "written_bytes": self.written_bytes.load(Ordering::Relaxed),
+            "dropped_lines": self.dropped_lines.load(Ordering::Relaxed),
+            "dropped_bytes": self.dropped_bytes.load(Ordering::Relaxed),
+        })
     }
 }
 
@@ -103,6 +263,18 @@ impl Chunk {
     fn push_str(&mut self, line: &str) {
         self.text.push_str(line);
         self.ends.push(self.text.len() as u32);
+    }
+
+    /// This chunk with every known secret replaced (see `redact`); itself when none occurs.
+    fn redacted(self, r: &crate::redact::Redactor) -> Chunk {
+        if !r.found(&self.text) {
+            return self;
+        }
+        let mut out = Chunk::new(self.entry.clone(), self.stream);
+        for i in 0..self.len() {
+            out.push_str(&r.apply(self.text(i)));
+        }
+        out
     }
 
     pub fn len(&self) -> usize {
@@ -231,11 +403,19 @@ impl EntryLog {
         self.ring.lock().unwrap().total
     }
 
-    /// Records a chunk of complete lines and writes them to `out` in one write.
-    fn push(&self, out: &Output, mut chunk: Chunk, buf: &mut Vec<u8>) {
-        if chunk.is_empty() {
-            return;
+    /// Records a chunk of complete lines and queues them for `out` (dropped if it is full).
+    fn push(&self, out: &Output, chunk: Chunk) {
+        if let Some(c) = self.record(chunk) {
+            out.write_chunk(&c, self.color);
         }
+    }
+
+    /// Records a chunk of complete lines: ring, followers.
+    fn record(&self, chunk: Chunk) -> Option<Batch> {
+        if chunk.is_empty() {
+            return None;
+        }
+        let mut chunk = chunk.redacted(crate::redact::global());
         chunk.ts = now_ms();
         let mut r = self.ring.lock().unwrap();
         chunk.first_seq = r.next_seq;
@@ -256,16 +436,14 @@ impl EntryLog {
             let _ = self.tx.send(chunk.clone());
         }
         drop(r);
-        buf.clear();
-        chunk.format(buf, out.format, self.color);
-        out.write_batch(buf);
+        Some(chunk)
     }
 
     /// Adds a supervisor-generated line (e.g. "exited with code 1") to this entry's log.
     pub fn note(&self, out: &Output, text: String) {
         let mut c = Chunk::new(self.name.clone(), Stream::Stderr);
         c.push(text.as_bytes());
-        self.push(out, c, &mut Vec::new());
+        self.push(out, c);
     }
 }
 
@@ -330,7 +508,6 @@ pub async fn pump<R: AsyncRead + Unpin>(
     stream: Stream,
 ) {
     let mut pending: Vec<u8> = Vec::with_capacity(128 * 1024);
-    let mut buf = Vec::with_capacity(128 * 1024);
     loop {
         if pending.capacity() - pending.len() < 64 * 1024 {
             pending.reserve(64 * 1024);
@@ -340,14 +517,16 @@ pub async fn pump<R: AsyncRead + Unpin>(
             Ok(_) => {
                 let mut chunk = Chunk::new(log.name.clone(), stream);
                 split_into(&mut pending, MAX_LINE, &mut chunk);
-                log.push(&out, chunk, &mut buf);
+                if let Some(c) = log.record(chunk) {
+                    out.send(&c, log.color).await;
+                }
             }
         }
     }
     if !pending.is_empty() {
         let mut chunk = Chunk::new(log.name.clone(), stream);
         chunk.push(&pending);
-        log.push(&out, chunk, &mut buf);
+        log.push(&out, chunk);
     }
 }
 
@@ -377,10 +556,7 @@ mod tests {
     }
 
     fn sink() -> Arc<Output> {
-        Arc::new(Output {
-            format: Format::Json,
-            sink: Mutex::new(Box::new(std::io::sink())),
-        })
+        Output::spawn(Format::Json, Box::new(std::io::sink()))
     }
 
     fn push_lines(log: &EntryLog, out: &Output, lines: &[&str]) {
@@ -388,7 +564,7 @@ mod tests {
         for l in lines {
             c.push(l.as_bytes());
         }
-        log.push(out, c, &mut Vec::new());
+        log.push(out, c);
     }
 
     #[test]
@@ -424,5 +600,37 @@ mod tests {
         assert_eq!(first["entry"], "api");
         assert_eq!(first["stream"], "stderr");
         assert_eq!(first["text"], "hello");
+    }
+
+    /// A sink that blocks until the test lets it go, like a stdout nobody reads.
+    struct Stuck(std::sync::mpsc::Receiver<()>);
+    impl Write for Stuck {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn blocked_sink_never_blocks_the_producer_and_drops_are_counted() {
+        let (release, rx) = std::sync::mpsc::channel();
+        let out = Output::spawn(Format::Text { color: false }, Box::new(Stuck(rx)));
+        let log = EntryLog::new("x", 0, 10);
+        let line = "y".repeat(1000);
+        let start = std::time::Instant::now();
+        for _ in 0..20_000 {
+            push_lines(&log, &out, &[&line]);
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        let st = out.stats();
+        assert!(st["dropped_lines"].as_u64().unwrap() > 5_000, "{st}");
+        assert!(st["queued_bytes"].as_u64().unwrap() <= (OUTPUT_QUEUE + 2000) as u64);
+        assert_eq!(log.total_lines(), 20_000);
+        assert!(!out.flush(std::time::Duration::from_millis(50)));
+        drop(release);
+        assert!(out.flush(std::time::Duration::from_secs(5)));
     }
 }

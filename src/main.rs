@@ -16,6 +16,7 @@ mod pid1;
 mod plan;
 mod probe;
 mod process;
+mod redact;
 mod runner;
 mod state;
 mod supervisor;
@@ -271,20 +272,29 @@ fn check(config: &std::path::Path, json: bool) -> i32 {
 
 /// The supervisor's own events on stderr. `DMP_CONTAINED_LOG` = error | warn | info (default) |
 /// debug | trace.
-fn init_tracing(format: LogFormat) {
+/// The supervisor's own messages go to stderr through a thread of their own (lossy when
+/// stderr is stuck, like service output), redacted; the guard flushes them at exit.
+fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::filter::LevelFilter;
     let level = std::env::var("DMP_CONTAINED_LOG")
         .ok()
         .and_then(|l| l.trim().parse::<LevelFilter>().ok())
         .unwrap_or(LevelFilter::INFO);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        // Slots are allocated (and touched) up front: keep the queue small.
+        .buffered_lines_limit(4096)
+        .thread_name("stderr")
+        .finish(redact::Writer(std::io::stderr()));
     let b = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false);
     match format {
         LogFormat::Json => b.json().init(),
         LogFormat::Text => b.with_ansi(nix::unistd::isatty(2).unwrap_or(false)).init(),
     }
+    guard
 }
 
 fn cache_dir(config: &std::path::Path) -> Result<PathBuf, i32> {
@@ -310,6 +320,12 @@ fn cache_cmd(config: &std::path::Path, op: CacheOp) -> i32 {
                     humantime::format_rfc3339_seconds(
                         std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.at_ms)
                     )
+                );
+            }
+            for (path, why) in cache::list_corrupt(&dir) {
+                println!(
+                    "corrupt {} (a miss: the step runs again): {why}",
+                    path.display()
                 );
             }
             for (svc, key, bytes) in cache::list_chain_snapshots(&dir) {
@@ -379,7 +395,8 @@ fn up(
     fresh: bool,
     as_service: Option<&str>,
 ) -> i32 {
-    init_tracing(format);
+    // Dropped when `up` returns: flushes what is queued (bounded wait) before the exit.
+    let _stderr = init_tracing(format);
     let plan = match load(config) {
         Ok(p) => p,
         Err(c) => return c,
@@ -416,6 +433,7 @@ fn up(
         .expect("tokio runtime");
     rt.block_on(async move {
         let token = api::load_token(&plan.settings.token_env);
+        redact::install(redact::for_plan(&plan, token.as_deref()));
         let listen = plan.settings.api_listen.clone();
         let socket = plan.settings.socket.clone();
         let tcp = match tokio::net::TcpListener::bind(&listen).await {
@@ -446,7 +464,7 @@ fn up(
             socket.display()
         );
         let out = logs::Output::stdout(out_format);
-        let (mut sup, shared) = supervisor::Supervisor::new(plan, out);
+        let (mut sup, shared) = supervisor::Supervisor::new(plan, out.clone());
         sup.set_fresh(fresh);
         watch::spawn_all(&shared);
         let mut secrets = api::secret_values(&shared.plan);
@@ -462,9 +480,17 @@ fn up(
         tokio::spawn(api::serve_unix(api, unix));
         let code = sup.run().await;
         let _ = std::fs::remove_file(&socket);
+        // A stdout nobody reads must not hold up the exit: what is still queued after this
+        // is lost (it is counted in status while running).
+        if !out.flush(OUTPUT_FLUSH) {
+            tracing::warn!("stdout is not being read; exiting with output still queued");
+        }
         code
     })
 }
+
+/// Named timer: how long the exit waits for queued service output to reach stdout.
+const OUTPUT_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn render_template(
     t: &plan::Template,

@@ -968,6 +968,7 @@ impl Supervisor {
                 "uptime_s": self.started.elapsed().as_secs_f64(),
                 "state": state,
                 "config": self.plan.file,
+                "output": self.out.stats(),
             },
             "entries": entries,
         })

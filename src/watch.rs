@@ -468,12 +468,22 @@ fn handler(
     ignores: Arc<Vec<Ignores>>,
     tx: mpsc::UnboundedSender<Vec<String>>,
     new_dirs: mpsc::UnboundedSender<PathBuf>,
+    lost: mpsc::UnboundedSender<PathBuf>,
     name: String,
 ) -> impl notify::EventHandler {
     move |r: notify::Result<notify::Event>| match r {
         Ok(ev) => {
             if matches!(ev.kind, notify::EventKind::Access(_)) {
                 return;
+            }
+            // A deleted root takes its inotify watches with it: report it, to watch again
+            // once it is recreated.
+            if matches!(ev.kind, notify::EventKind::Remove(_)) {
+                for p in &ev.paths {
+                    if ignores.iter().any(|i| i.root == *p) && !p.exists() {
+                        let _ = lost.send(p.clone());
+                    }
+                }
             }
             let mut files = Vec::new();
             for p in &ev.paths {
@@ -623,12 +633,14 @@ fn setup(
     ignores: Arc<Vec<Ignores>>,
     tx: mpsc::UnboundedSender<Vec<String>>,
     new_dirs: mpsc::UnboundedSender<PathBuf>,
+    lost: mpsc::UnboundedSender<PathBuf>,
 ) -> Result<(Boxed, &'static str, Option<String>), String> {
     let h = || {
         handler(
             ignores.clone(),
             tx.clone(),
             new_dirs.clone(),
+            lost.clone(),
             name.to_string(),
         )
     };
@@ -675,9 +687,20 @@ async fn run(shared: Arc<Shared>, idx: usize, w: Watch) {
     let n2 = name.clone();
     let (dirs_tx, dirs_rx) = mpsc::unbounded_channel();
     tokio::spawn(rewalk(dirs_rx, ignores.clone(), tx.clone()));
+    let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+    let again = Again {
+        name: name.clone(),
+        w: w.clone(),
+        state: state.clone(),
+        ignores: ignores.clone(),
+        tx: tx.clone(),
+        dirs: dirs_tx.clone(),
+        lost: lost_tx.clone(),
+    };
     // Setting up walks the tree (inotify watches per directory, or the poller's first scan).
-    let set = tokio::task::spawn_blocking(move || setup(&n2, &w2, ignores, tx, dirs_tx)).await;
-    let _watcher = match set {
+    let set =
+        tokio::task::spawn_blocking(move || setup(&n2, &w2, ignores, tx, dirs_tx, lost_tx)).await;
+    let watcher = match set {
         Ok(Ok((watcher, mode, note))) => {
             match &note {
                 Some(n) => tracing::warn!("{name}: watching {mode}: {n}"),
@@ -704,6 +727,7 @@ async fn run(shared: Arc<Shared>, idx: usize, w: Watch) {
             return;
         }
     };
+    tokio::spawn(again.keep(watcher, lost_rx));
     let st = state.clone();
     let sh = shared.clone();
     drive(
@@ -718,6 +742,116 @@ async fn run(shared: Arc<Shared>, idx: usize, w: Watch) {
         },
     )
     .await;
+}
+
+/// What it takes to set an entry's watcher up again after a watched root was deleted.
+struct Again {
+    name: String,
+    w: Watch,
+    state: Arc<WatchState>,
+    ignores: Arc<Vec<Ignores>>,
+    tx: mpsc::UnboundedSender<Vec<String>>,
+    dirs: mpsc::UnboundedSender<PathBuf>,
+    lost: mpsc::UnboundedSender<PathBuf>,
+}
+
+impl Again {
+    /// Owns the watcher: when a root is deleted, waits (on an inotify watch of its parent) for
+    /// it to be recreated, then watches again and reports the new tree as a change. Status
+    /// `watch.note` says what happened.
+    async fn keep(self, watcher: Boxed, mut lost: mpsc::UnboundedReceiver<PathBuf>) {
+        let mut watcher = Some(watcher);
+        while let Some(root) = lost.recv().await {
+            drop(watcher.take());
+            let name = &self.name;
+            let note = format!(
+                "{} was deleted; watching resumes when it is recreated",
+                root.display()
+            );
+            tracing::warn!("{name}: {note}");
+            self.state.info().note = Some(note);
+            if let Err(e) = wait_for_dir(&root).await {
+                tracing::error!("{name}: {e}");
+                let mut i = self.state.info();
+                i.mode = Some("error");
+                i.note = Some(e);
+                return;
+            }
+            let (n, w, ig, tx, dirs, l) = (
+                name.clone(),
+                self.w.clone(),
+                self.ignores.clone(),
+                self.tx.clone(),
+                self.dirs.clone(),
+                self.lost.clone(),
+            );
+            let set = tokio::task::spawn_blocking(move || setup(&n, &w, ig, tx, dirs, l)).await;
+            match set {
+                Ok(Ok((wt, mode, _))) => {
+                    watcher = Some(wt);
+                    let note = format!(
+                        "{} was deleted and recreated; watching again ({mode})",
+                        root.display()
+                    );
+                    tracing::info!("{name}: {note}");
+                    let mut i = self.state.info();
+                    i.mode = Some(mode);
+                    i.note = Some(note);
+                }
+                Ok(Err(e)) => {
+                    tracing::error!("{name}: cannot watch {} again: {e}", root.display());
+                    let mut i = self.state.info();
+                    i.mode = Some("error");
+                    i.note = Some(e);
+                    return;
+                }
+                Err(_) => return,
+            }
+            // Later notices of the same deletion are stale now.
+            while lost.try_recv().is_ok() {}
+            // The recreated tree is a change.
+            let mut files = Vec::new();
+            if let Some(i) = self.ignores.iter().find(|i| i.root == root) {
+                i.walk(&root, &mut files, 10_000);
+            }
+            files.push(".".into());
+            if self.tx.send(files).is_err() {
+                return;
+            }
+        }
+        drop(watcher);
+    }
+}
+
+/// Waits until `dir` exists again, on an inotify watch of its parent (no polling).
+async fn wait_for_dir(dir: &Path) -> Result<(), String> {
+    let parent = dir
+        .parent()
+        .ok_or_else(|| format!("{} has no parent to watch", dir.display()))?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let want = dir.to_path_buf();
+    let mut n = <notify::RecommendedWatcher as notify::Watcher>::new(
+        move |r: notify::Result<notify::Event>| {
+            if r.is_ok_and(|ev| ev.paths.contains(&want)) {
+                let _ = tx.send(());
+            }
+        },
+        notify::Config::default(),
+    )
+    .map_err(|e| describe(&e))?;
+    notify::Watcher::watch(&mut n, parent, notify::RecursiveMode::NonRecursive).map_err(|e| {
+        format!(
+            "{} was deleted and its parent cannot be watched ({}); watching stopped",
+            dir.display(),
+            describe(&e)
+        )
+    })?;
+    while !dir.is_dir() {
+        if rx.recv().await.is_none() {
+            return Err(format!("{}: watcher closed", dir.display()));
+        }
+    }
+    Ok(())
 }
 
 /// Named timer: how long after a new directory is reported it is walked again (its inotify
