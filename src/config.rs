@@ -89,7 +89,9 @@ enum RawCommand {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum RawPort {
-    Number(u16),
+    /// Range-checked after parsing, so an out-of-range number gets a message of its own
+    /// (an untagged `u16` would only say "did not match any variant").
+    Number(i64),
     Text(String),
 }
 
@@ -689,7 +691,14 @@ pub fn parse(
         let mut ports = Vec::new();
         for p in &r.ports {
             match p {
-                RawPort::Number(n) => ports.push(*n),
+                RawPort::Number(n) => match u16::try_from(*n) {
+                    Ok(n) => ports.push(n),
+                    Err(_) => errs.key(
+                        &span,
+                        "ports",
+                        format!("{ctx}: invalid value {n} for a port: not a port number (0-65535)"),
+                    ),
+                },
                 RawPort::Text(t) => {
                     let v = x(&mut errs, &span, "ports", t);
                     match v.trim().parse::<u16>() {
