@@ -314,22 +314,22 @@ pub fn read_record(path: &Path) -> Result<Option<Record>, String> {
 
 /// Record files that cannot be read as records, with the reason (for `cache ls`).
 pub fn list_corrupt(dir: &Path) -> Vec<(PathBuf, String)> {
-    let mut out = Vec::new();
-    let Ok(steps) = std::fs::read_dir(dir.join("steps")) else {
-        return out;
-    };
-    for s in steps.flatten() {
-        for f in std::fs::read_dir(s.path()).into_iter().flatten().flatten() {
-            if f.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            if let Err(e) = read_record(&f.path()) {
-                out.push((f.path(), e));
-            }
-        }
-    }
+    let mut out: Vec<_> = record_files(dir)
+        .filter_map(|f| read_record(&f).err().map(|e| (f, e)))
+        .collect();
     out.sort();
     out
+}
+
+/// Every record file below `<dir>/steps/<step>/` (dot files, the atomic writes in flight, left out).
+fn record_files(dir: &Path) -> impl Iterator<Item = PathBuf> {
+    std::fs::read_dir(dir.join("steps"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|s| std::fs::read_dir(s.path()).into_iter().flatten().flatten())
+        .filter(|f| !f.file_name().to_string_lossy().starts_with('.'))
+        .map(|f| f.path())
 }
 
 /// Writes `bytes` to `path` atomically and durably: temp file in the same dir, fsync,
@@ -365,22 +365,10 @@ pub fn write_record(dir: &Path, r: &Record) -> io::Result<()> {
 }
 
 pub fn list_records(dir: &Path) -> Vec<Record> {
-    let mut out = Vec::new();
-    let Ok(steps) = std::fs::read_dir(dir.join("steps")) else {
-        return out;
-    };
-    for s in steps.flatten() {
-        for f in std::fs::read_dir(s.path()).into_iter().flatten().flatten() {
-            if f.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            if let Ok(b) = std::fs::read(f.path()) {
-                if let Ok(r) = serde_json::from_slice::<Record>(&b) {
-                    out.push(r);
-                }
-            }
-        }
-    }
+    let mut out: Vec<Record> = record_files(dir)
+        .filter_map(|f| std::fs::read(f).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect();
     out.sort_by(|a, b| (&a.step, a.at_ms).cmp(&(&b.step, b.at_ms)));
     out
 }
