@@ -99,6 +99,8 @@ struct RawEntry {
     after: Vec<String>,
     #[serde(default)]
     ports: Vec<u16>,
+    #[serde(default)]
+    listen: Vec<String>,
     stop_signal: Option<String>,
     stop_timeout: Option<String>,
     #[serde(default)]
@@ -120,6 +122,39 @@ struct RawEntry {
     timeout: Option<String>,
     /// Steps: a "still running" note this often ("0s": never).
     progress: Option<String>,
+}
+
+/// `listen` of a longrun (interpolated): socket addresses ("127.0.0.1:5002", "[::1]:5002").
+fn listen_addrs(
+    errs: &mut Errors,
+    span: &std::ops::Range<usize>,
+    ctx: &str,
+    kind: Kind,
+    listen: &[String],
+) -> Vec<std::net::SocketAddr> {
+    if kind == Kind::Oneshot && !listen.is_empty() {
+        errs.key(
+            span,
+            "listen",
+            format!("{ctx}: `listen` applies to [process] entries only"),
+        );
+        return Vec::new();
+    }
+    let mut out: Vec<std::net::SocketAddr> = Vec::new();
+    for a in listen {
+        match a.parse() {
+            Ok(addr) if out.contains(&addr) => {
+                errs.key(span, "listen", format!("{ctx}: `listen` names {a} twice"))
+            }
+            Ok(addr) => out.push(addr),
+            Err(_) => errs.key(
+                span,
+                "listen",
+                format!("{ctx}: `listen` entry {a:?} is not an IP address and port (e.g. \"127.0.0.1:5002\")"),
+            ),
+        }
+    }
+    out
 }
 
 /// `timeout` and `progress` of a step (both apply to [step] entries only).
@@ -720,6 +755,21 @@ pub fn parse(
         };
         let ready = probe(&mut errs, "ready", &r.ready);
         let liveness = probe(&mut errs, "liveness", &r.liveness);
+        let listen: Vec<String> = r
+            .listen
+            .iter()
+            .map(|a| x(&mut errs, &span, "listen", a))
+            .collect();
+        let listen = listen_addrs(&mut errs, &span, &ctx, *kind, &listen);
+        for (key, p) in [("ready", &ready), ("liveness", &liveness)] {
+            if let Some(ProbeKind::Tcp(a)) = p.as_ref().map(|p| &p.kind) {
+                if crate::sockets::probes_held(&listen, a) {
+                    errs.key(&span, key, format!(
+                        "{ctx}: `{key} = {{ tcp = \"{a}\" }}` would pass as soon as the supervisor holds the socket (`listen`), \
+                         whether or not the app runs; probe its answer instead (`http = \"http://{a}/\"`), or use `log`/`notify` readiness"));
+                }
+            }
+        }
 
         let mut restart = Restart::default();
         if let Some(rr) = &r.restart {
@@ -937,6 +987,7 @@ pub fn parse(
             user,
             after,
             ports: r.ports.clone(),
+            listen,
             stop_signal,
             stop_timeout,
             critical: r.critical,

@@ -16,6 +16,7 @@ mod plan;
 mod probe;
 mod process;
 mod runner;
+mod sockets;
 mod state;
 mod supervisor;
 mod watch;

@@ -138,6 +138,8 @@ pub struct Entry {
     pub user: Option<User>,
     pub after: Vec<Dep>,
     pub ports: Vec<u16>,
+    /// Sockets the supervisor binds once and passes to every process (src/sockets.rs).
+    pub listen: Vec<std::net::SocketAddr>,
     #[serde(serialize_with = "signal_name")]
     pub stop_signal: Signal,
     #[serde(with = "secs")]

@@ -72,6 +72,8 @@ pub struct Runner {
     pub out: Arc<Output>,
     pub events: mpsc::UnboundedSender<Event>,
     pub cmds: mpsc::UnboundedReceiver<RunnerCmd>,
+    /// The entry's `listen` sockets, held across restarts (and across a lost runner).
+    pub held: Arc<crate::sockets::Held>,
 }
 
 /// Spawns the runner of an entry under a watcher task: a panic in the runner (a bug) becomes
@@ -85,6 +87,7 @@ pub fn spawn_supervised(
 ) -> mpsc::UnboundedSender<RunnerCmd> {
     let (tx, mut cmds) = mpsc::unbounded_channel();
     let marker = process::marker(&entry.name);
+    let held = Arc::new(crate::sockets::Held::default());
     tokio::spawn(async move {
         loop {
             let runner = Runner {
@@ -95,6 +98,7 @@ pub fn spawn_supervised(
                 out: out.clone(),
                 events: events.clone(),
                 cmds,
+                held: held.clone(),
             };
             let err = match tokio::spawn(runner.run()).await {
                 Err(e) if e.is_panic() => e,
@@ -146,7 +150,14 @@ impl Runner {
             self.send(EventKind::SpawnFailed(e));
             return;
         }
-        let mut child = match process::spawn(&self.entry) {
+        let listen = match self.held.fds(&self.entry) {
+            Ok(fds) => fds,
+            Err(e) => {
+                self.send(EventKind::SpawnFailed(e));
+                return;
+            }
+        };
+        let mut child = match process::spawn(&self.entry, listen) {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("cannot start `{}`: {e}", self.entry.command.join(" "));
@@ -179,14 +190,16 @@ impl Runner {
         let is_longrun = entry.kind == Kind::Longrun;
         let ready = async {
             match (&entry.ready, is_longrun) {
-                (Some(p), true) => crate::probe::wait_ready(p, report).await,
+                (Some(p), true) => crate::probe::wait_ready(p, Some(&entry), report).await,
                 (None, true) => Ok(()),
                 (_, false) => std::future::pending().await,
             }
         };
         let liveness = async {
             match &entry.liveness {
-                Some(p) if is_longrun => crate::probe::watch_liveness(p, report2).await,
+                Some(p) if is_longrun => {
+                    crate::probe::watch_liveness(p, Some(&entry), report2).await
+                }
                 _ => std::future::pending().await,
             }
         };

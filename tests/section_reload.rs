@@ -1,0 +1,371 @@
+//! Reloads that drop no request (`listen`: sockets held by the supervisor, passed by the
+//! systemd protocol and `WERKZEUG_SERVER_FD`), on the real binary with a plain Python server,
+//! Debian's Flask dev server and nginx in front.
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+
+/// Serves `appcode.VERSION`; takes fd 3 when the systemd protocol says it is ours, else binds
+/// the port itself. On SIGTERM it stops accepting and finishes the requests it accepted.
+const PLAIN: &str = r#"
+import os, signal, socket, sys, threading, http.server
+import appcode
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = appcode.VERSION.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    daemon_threads = False
+if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS") == "1":
+    srv = S(("127.0.0.1", 0), H, bind_and_activate=False)
+    srv.socket.close()
+    srv.socket = socket.socket(fileno=3)
+else:
+    srv = S(("127.0.0.1", int(sys.argv[1])), H)
+signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=srv.shutdown).start())
+print("serving", appcode.VERSION, flush=True)
+srv.serve_forever()
+srv.server_close()
+"#;
+
+/// A Flask app on Werkzeug's dev server (`app.run`), which takes the inherited socket from
+/// `WERKZEUG_SERVER_FD`. Werkzeug dies at SIGTERM with the requests it accepted, and a
+/// SIGINT may land between an accept and its thread; so the app stops its server the way
+/// socketserver means (`shutdown()`: no accept after the flag) and joins its handler threads.
+const FLASK: &str = r#"
+import signal, sys, threading
+import werkzeug.serving
+from flask import Flask
+import appcode
+werkzeug.serving.ThreadedWSGIServer.daemon_threads = False
+serve = werkzeug.serving.BaseWSGIServer.serve_forever
+def graceful(self, *a, **k):
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=self.shutdown).start())
+    serve(self, *a, **k)
+werkzeug.serving.BaseWSGIServer.serve_forever = graceful
+app = Flask(__name__)
+@app.get("/")
+def index():
+    return appcode.VERSION
+if __name__ == "__main__":
+    print("serving", appcode.VERSION, flush=True)
+    app.run(host="127.0.0.1", port=int(sys.argv[1]), use_reloader=False, threaded=True)
+"#;
+
+fn write(p: &Path, text: &str) {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(p, text).unwrap();
+}
+
+fn version(v: &str) -> String {
+    format!("VERSION = {v:?}\n")
+}
+
+fn have(p: &str) -> bool {
+    Path::new(p).exists()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum App {
+    Plain,
+    Flask,
+}
+
+/// A supervisor running `app` (watched, `listen` on its port when `held`), and nginx in
+/// front of it when `nginx`. Returns it, the port to load, and the app's port.
+fn start(app: App, held: bool, nginx: bool) -> (Sup, u16, u16) {
+    let app_port = free_port();
+    let (script, command, stop) = match app {
+        App::Plain => ("server.py", "python3", "SIGTERM"),
+        App::Flask => ("flaskapp.py", "/usr/bin/python3", "SIGTERM"),
+    };
+    let listen = if held {
+        format!("listen = [\"127.0.0.1:{app_port}\"]")
+    } else {
+        String::new()
+    };
+    let mut body = format!(
+        r#"
+[process.app]
+command = ["{command}", "{script}", "{app_port}"]
+cwd = "app"
+env = {{ PYTHONDONTWRITEBYTECODE = "1" }}
+{listen}
+stop_signal = "{stop}"
+ready = {{ http = "http://127.0.0.1:{app_port}/", interval = "20ms" }}
+restart = {{ max_restarts = 50, backoff = "50ms" }}
+stop_timeout = "5s"
+watch = {{ paths = ["."], debounce = "50ms" }}
+"#
+    );
+    let (dir, port, cfg) = table("");
+    let mut front = app_port;
+    if nginx {
+        front = free_port();
+        let d = dir.path().join("nginx");
+        std::fs::create_dir_all(d.join("tmp")).unwrap();
+        let conf = d.join("nginx.conf");
+        write(
+            &conf,
+            &format!(
+                "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log stderr;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  server {{ listen 127.0.0.1:{front}; location / {{ proxy_pass http://127.0.0.1:{app_port}; }} }}\n}}\n",
+                d = d.display()
+            ),
+        );
+        body.push_str(&format!(
+            "\n[process.nginx]\ncommand = [\"/usr/sbin/nginx\", \"-c\", \"{}\", \"-e\", \"stderr\"]\nstop_signal = \"SIGQUIT\"\nready = {{ http = \"http://127.0.0.1:{front}/\", interval = \"20ms\" }}\nafter = [\"app\"]\n",
+            conf.display()
+        ));
+    }
+    let text = std::fs::read_to_string(&cfg).unwrap() + &body;
+    std::fs::write(&cfg, text).unwrap();
+    write(
+        &dir.path().join("app").join(script),
+        if app == App::Plain { PLAIN } else { FLASK },
+    );
+    write(&dir.path().join("app/appcode.py"), &version("v0"));
+    let s = Sup::spawn(dir, port, cfg, &[], &[]);
+    s.wait_state("app", "ready", T);
+    if nginx {
+        s.wait_state("nginx", "ready", T);
+    }
+    (s, front, app_port)
+}
+
+/// One GET; Ok(body) only for a 200.
+fn get(port: u16) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    if !buf.starts_with("HTTP/1.1 200") && !buf.starts_with("HTTP/1.0 200") {
+        return Err(buf.lines().next().unwrap_or("empty response").to_string());
+    }
+    Ok(buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default())
+}
+
+/// A bounded request loop: `threads` clients, each on a fixed schedule of `rate` req/s
+/// (a late client catches up), until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    started: Instant,
+    threads: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Load {
+    fn start(port: u16, threads: usize, rate: u32) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let period = Duration::from_secs(1) / rate;
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let (mut ok, mut failed) = (0, Vec::new());
+                    let t0 = Instant::now();
+                    let mut k = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        let due = t0 + period * k;
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        k += 1;
+                        match get(port) {
+                            Ok(_) => ok += 1,
+                            Err(e) => failed.push(e),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            started: Instant::now(),
+            threads,
+        }
+    }
+
+    /// (requests served, failures, requests per second).
+    fn finish(self) -> (u64, Vec<String>, f64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64();
+        let (mut ok, mut failed) = (0, Vec::new());
+        for t in self.threads {
+            let (o, f) = t.join().unwrap();
+            ok += o;
+            failed.extend(f);
+        }
+        let rate = (ok + failed.len() as u64) as f64 / secs;
+        (ok, failed, rate)
+    }
+}
+
+fn watch_of(s: &Sup) -> Value {
+    s.entry("app")["watch"].clone()
+}
+
+fn wait_reloads(s: &Sup, n: u64) {
+    wait_for(&format!("reload {n}"), T, || {
+        let w = watch_of(s);
+        (w["reloads"].as_u64() >= Some(n) && w["reloading"] == false && w["pending"] == 0)
+            .then_some(())
+    });
+}
+
+/// The load tests run one at a time: the request rate they prove is not shared with another.
+static ONE_LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// 20 saves under a 250 req/s loop: every request is served, none fails.
+fn twenty_saves_drop_nothing(app: App, nginx: bool) {
+    let _one = ONE_LOAD.lock().unwrap_or_else(|p| p.into_inner());
+    if (app == App::Flask && !have("/usr/lib/python3/dist-packages/flask"))
+        || (nginx && !have("/usr/sbin/nginx"))
+    {
+        panic!("needs Debian's python3-flask and nginx (scripts/install-deps.sh)");
+    }
+    let (s, front, _) = start(app, true, nginx);
+    let load = Load::start(front, 5, 50);
+    for i in 1..=20u64 {
+        write(&s.path("app/appcode.py"), &version(&format!("v{i}")));
+        wait_reloads(&s, i);
+        s.wait_state("app", "ready", T);
+    }
+    wait_for("v20 served", T, || {
+        (get(front).ok()? == "v20").then_some(())
+    });
+    let (ok, failed, rate) = load.finish();
+    assert_eq!(watch_of(&s)["reloads"], 20, "{}", watch_of(&s));
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during 20 reloads: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(10)]
+    );
+    assert!(
+        rate >= 200.0,
+        "request rate {rate:.0}/s < 200/s ({ok} requests)"
+    );
+}
+
+#[test]
+fn plain_server_direct_20_saves_0_failed_requests() {
+    twenty_saves_drop_nothing(App::Plain, false);
+}
+
+#[test]
+fn plain_server_behind_nginx_20_saves_0_failed_requests() {
+    twenty_saves_drop_nothing(App::Plain, true);
+}
+
+#[test]
+fn flask_dev_server_direct_20_saves_0_failed_requests() {
+    twenty_saves_drop_nothing(App::Flask, false);
+}
+
+#[test]
+fn flask_dev_server_behind_nginx_20_saves_0_failed_requests() {
+    twenty_saves_drop_nothing(App::Flask, true);
+}
+
+/// The environment and fds of a process with two held sockets, per sd_listen_fds(3), and the
+/// same sockets after a restart (declared `ports` count as the entry's own).
+#[test]
+fn listen_fds_follow_the_systemd_protocol_and_survive_restarts() {
+    let (p1, p2) = (free_port(), free_port());
+    let script = r#"
+import json, os, socket
+n = int(os.environ["LISTEN_FDS"])
+next_fd_open = os.path.exists("/proc/self/fd/%d" % (3 + n))
+socks = [socket.socket(fileno=os.dup(fd)) for fd in range(3, 3 + n)]
+info = {k: os.environ.get(k) for k in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WERKZEUG_SERVER_FD", "WERKZEUG_RUN_MAIN"]}
+info["pid"] = os.getpid()
+info["ports"] = [s.getsockname()[1] for s in socks]
+info["listening"] = [s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) for s in socks]
+info["next_fd_open"] = next_fd_open
+with open("env-%d.json" % os.getpid(), "w") as f:
+    json.dump(info, f)
+os.rename("env-%d.json" % os.getpid(), "env.json")
+import time
+time.sleep(1000)
+"#;
+    let body = format!(
+        "[process.svc]\ncommand = [\"python3\", \"env.py\"]\nlisten = [\"127.0.0.1:{p1}\", \"127.0.0.1:{p2}\"]\nports = [{p1}, {p2}]\nready = {{ exec = [\"test\", \"-e\", \"env.json\"], interval = \"20ms\" }}\n"
+    );
+    let (dir, port, cfg) = table(&body);
+    write(&dir.path().join("env.py"), script);
+    let s = Sup::spawn(dir, port, cfg, &[], &[]);
+    let read = |s: &Sup| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(s.path("env.json")).unwrap()).unwrap()
+    };
+    let st = s.wait_state("svc", "ready", T);
+    let first = read(&s);
+    assert_eq!(first["LISTEN_FDS"], "2", "{first}");
+    assert_eq!(first["LISTEN_PID"], first["pid"].to_string(), "{first}");
+    assert_eq!(
+        first["pid"], st["pid"],
+        "LISTEN_PID is the entry's own process"
+    );
+    assert_eq!(first["LISTEN_FDNAMES"], "svc:svc", "{first}");
+    assert_eq!(first["WERKZEUG_SERVER_FD"], "3");
+    assert_eq!(first["WERKZEUG_RUN_MAIN"], "true");
+    assert_eq!(first["ports"], serde_json::json!([p1, p2]));
+    assert_eq!(first["listening"], serde_json::json!([1, 1]));
+    assert_eq!(
+        first["next_fd_open"], false,
+        "only the held sockets are passed"
+    );
+    // Connections made while the process is down wait, and the socket is the same one.
+    std::fs::remove_file(s.path("env.json")).unwrap();
+    let out = s.cli(&["restart", "svc"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.wait_state("svc", "ready", T);
+    let second = read(&s);
+    assert_ne!(second["pid"], first["pid"]);
+    assert_eq!(second["LISTEN_PID"], second["pid"].to_string());
+    assert_eq!(second["ports"], serde_json::json!([p1, p2]));
+}
+
+/// A `tcp` probe of a held address would pass without the app: refused, with the fix.
+#[test]
+fn a_tcp_probe_of_a_held_socket_is_refused() {
+    let body = "[process.a]\ncommand = [\"sleep\", \"100\"]\nlisten = [\"127.0.0.1:26001\"]\nready = { tcp = \"127.0.0.1:26001\" }\n";
+    let (_dir, _port, cfg) = table(body);
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("would pass as soon as the supervisor holds the socket"),
+        "{err}"
+    );
+    assert!(err.contains("http = \"http://127.0.0.1:26001/\""), "{err}");
+}
