@@ -192,6 +192,8 @@ struct RawProbe {
     exec: Option<Vec<String>>,
     postgres: Option<String>,
     redis: Option<String>,
+    log: Option<String>,
+    notify: Option<bool>,
     interval: Option<String>,
     timeout: Option<String>,
     retries: Option<u32>,
@@ -721,12 +723,34 @@ pub fn parse(
             if let Some(c) = &p.redis {
                 kinds.push(ProbeKind::Redis(x(errs, &span, "redis", c)));
             }
+            if let Some(re) = &p.log {
+                if let Err(e) = regex::Regex::new(re) {
+                    errs.key(
+                        &span,
+                        "log",
+                        format!("{ctx}: {key}.log is not a valid regex: {e}"),
+                    );
+                }
+                kinds.push(ProbeKind::Log(re.clone()));
+            }
+            if p.notify == Some(true) {
+                kinds.push(ProbeKind::Notify);
+            }
+            if key != "ready" && (p.log.is_some() || p.notify.is_some()) {
+                errs.key(
+                    &span,
+                    key,
+                    format!(
+                        "{ctx}: `log` and `notify` tell readiness once; they apply to `ready` only"
+                    ),
+                );
+            }
             if kinds.len() != 1 {
                 errs.key(
                     &span,
                     key,
                     format!(
-                        "{ctx}: `{key}` needs exactly one of tcp, http, exec, postgres, redis (found {})",
+                        "{ctx}: `{key}` needs exactly one of tcp, http, exec, postgres, redis, log, notify (found {})",
                         kinds.len()
                     ),
                 );

@@ -11,6 +11,7 @@ mod config;
 mod graph;
 mod interp;
 mod logs;
+mod notify;
 mod pid1;
 mod plan;
 mod probe;

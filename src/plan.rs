@@ -40,6 +40,10 @@ pub enum ProbeKind {
     Exec(Vec<String>),
     Postgres(String),
     Redis(String),
+    /// Readiness only: a line of the entry's output matching this regex (src/notify.rs).
+    Log(String),
+    /// Readiness only: `READY=1` on `NOTIFY_SOCKET` (src/notify.rs).
+    Notify,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -52,6 +52,9 @@ async fn check_once(kind: &ProbeKind, entry: Option<&Entry>) -> Result<(), Strin
                 ))
             }
         }
+        ProbeKind::Log(_) | ProbeKind::Notify => {
+            Err("log and notify readiness are not polled (src/notify.rs)".into())
+        }
         ProbeKind::Postgres(conn) => {
             let (client, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls)
                 .await

@@ -82,12 +82,18 @@ pub fn check_ports(entry: &Entry) -> Result<(), String> {
 /// Spawns the entry: own process group, default signal dispositions, empty mask, stdin
 /// from /dev/null, stdout/stderr piped, privileges dropped if `user` is set; `listen` holds
 /// the entry's held sockets, passed as fds 3… by the systemd protocol (src/sockets.rs).
-pub fn spawn(entry: &Entry, listen: Vec<std::os::fd::RawFd>) -> std::io::Result<Child> {
+/// `extra`: variables of this start only (`NOTIFY_SOCKET`).
+pub fn spawn(
+    entry: &Entry,
+    listen: Vec<std::os::fd::RawFd>,
+    extra: &[(String, String)],
+) -> std::io::Result<Child> {
     let mut cmd = Command::new(&entry.command[0]);
     cmd.args(&entry.command[1..])
         .current_dir(&entry.cwd)
         .env_clear()
         .envs(entry.env.iter().map(|(k, v)| (k, v)))
+        .envs(extra.iter().map(|(k, v)| (k, v)))
         .env(MARKER_ENV, marker(&entry.name))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -117,7 +123,7 @@ pub fn spawn(entry: &Entry, listen: Vec<std::os::fd::RawFd>) -> std::io::Result<
         }
     }
     if !listen.is_empty() {
-        let mut exec = socket_exec(entry, listen)?;
+        let mut exec = socket_exec(entry, listen, extra)?;
         // SAFETY: `exec_in_child` is async-signal-safe (fd syscalls, getpid, execve).
         unsafe {
             cmd.pre_exec(move || Err(exec.exec_in_child()));
@@ -130,6 +136,7 @@ pub fn spawn(entry: &Entry, listen: Vec<std::os::fd::RawFd>) -> std::io::Result<
 fn socket_exec(
     entry: &Entry,
     fds: Vec<std::os::fd::RawFd>,
+    extra: &[(String, String)],
 ) -> std::io::Result<crate::sockets::Exec> {
     let path_var = entry
         .env
@@ -140,7 +147,8 @@ fn socket_exec(
     let not_found = || std::io::Error::from(std::io::ErrorKind::NotFound);
     let path = crate::config::find_executable(&entry.command[0], &entry.cwd, path_var)
         .ok_or_else(not_found)?;
-    let ours = crate::sockets::env(entry, fds.len());
+    let mut ours = crate::sockets::env(entry, fds.len());
+    ours.extend(extra.iter().cloned());
     let mut env: Vec<(String, String)> = entry
         .env
         .iter()

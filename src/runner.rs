@@ -3,7 +3,7 @@
 //! belong to the supervisor (commands in, events out).
 
 use crate::logs::{pump, EntryLog, Output, Stream};
-use crate::plan::{Entry, Kind};
+use crate::plan::{Entry, Kind, ProbeKind};
 use crate::process::{self, ExitInfo};
 use nix::sys::signal::Signal;
 use std::sync::Arc;
@@ -157,7 +157,22 @@ impl Runner {
                 return;
             }
         };
-        let mut child = match process::spawn(&self.entry, listen) {
+        let kind = self.entry.ready.as_ref().map(|p| &p.kind);
+        let notify = match kind {
+            Some(ProbeKind::Notify) => match crate::notify::Notify::bind(&self.entry) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    self.send(EventKind::SpawnFailed(e));
+                    return;
+                }
+            },
+            _ => None,
+        };
+        let mut log_rx =
+            matches!(kind, Some(ProbeKind::Log(_))).then(|| crate::notify::subscribe(&self.log));
+        let extra: Vec<_> = notify.iter().map(|n| n.env()).collect();
+        let (log, out) = (self.log.clone(), self.out.clone());
+        let mut child = match process::spawn(&self.entry, listen, &extra) {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("cannot start `{}`: {e}", self.entry.command.join(" "));
@@ -190,7 +205,13 @@ impl Runner {
         let is_longrun = entry.kind == Kind::Longrun;
         let ready = async {
             match (&entry.ready, is_longrun) {
-                (Some(p), true) => crate::probe::wait_ready(p, Some(&entry), report).await,
+                (Some(p), true) => match (&p.kind, log_rx.take(), &notify) {
+                    (ProbeKind::Log(re), Some(rx), _) => {
+                        crate::notify::wait_log(rx, re, p.start_period).await
+                    }
+                    (ProbeKind::Notify, _, Some(n)) => n.ready(p.start_period, &log, &out).await,
+                    _ => crate::probe::wait_ready(p, Some(&entry), report).await,
+                },
                 (None, true) => Ok(()),
                 (_, false) => std::future::pending().await,
             }
@@ -385,7 +406,6 @@ fn unknown_exit() -> ExitInfo {
 mod tests {
     use super::*;
     use crate::logs::Format;
-    use crate::plan::ProbeKind;
 
     fn gone(pid: u32) -> bool {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))

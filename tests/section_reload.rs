@@ -369,3 +369,111 @@ fn a_tcp_probe_of_a_held_socket_is_refused() {
     );
     assert!(err.contains("http = \"http://127.0.0.1:26001/\""), "{err}");
 }
+
+/// Readiness told by the service: `starting` until it says so, `ready` right after, with
+/// `user`-less defaults (NOTIFY_SOCKET per start; the first matching output line).
+fn told_readiness(ready: &str, script: &str) {
+    let body = format!(
+        "[process.svc]\ncommand = [\"python3\", \"svc.py\"]\nready = {ready}\nrestart = {{ backoff = \"50ms\" }}\n"
+    );
+    let (dir, port, cfg) = table(&body);
+    write(&dir.path().join("svc.py"), script);
+    let s = Sup::spawn(dir, port, cfg, &[], &[]);
+    wait_for("svc started", T, || {
+        s.path("started").exists().then_some(())
+    });
+    // It runs and has not told yet: still starting (a probe would have nothing to see).
+    assert_eq!(s.state("svc"), "starting");
+    write(&s.path("go"), "");
+    s.wait_state("svc", "ready", T);
+    // Told again by the next process after a restart.
+    std::fs::remove_file(s.path("go")).unwrap();
+    std::fs::remove_file(s.path("started")).unwrap();
+    let out = s.cli(&["restart", "svc"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("svc restarted", T, || {
+        s.path("started").exists().then_some(())
+    });
+    assert_eq!(s.state("svc"), "starting");
+    write(&s.path("go"), "");
+    s.wait_state("svc", "ready", T);
+}
+
+/// Waits for `go` (test fixture side), then tells readiness by `tell()`.
+const TELLER: &str = r#"
+import os, socket, sys, time
+def tell(): pass
+TELL
+open("started", "w").close()
+print("booting", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+tell()
+time.sleep(1000)
+"#;
+
+#[test]
+fn notify_readiness_waits_for_ready_1_on_notify_socket() {
+    let tell = r#"
+def tell():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.sendto(b"STATUS=warming up", os.environ["NOTIFY_SOCKET"])
+    s.sendto(b"STATUS=done\nREADY=1", os.environ["NOTIFY_SOCKET"])
+"#;
+    told_readiness("{ notify = true }", &TELLER.replace("TELL", tell));
+}
+
+#[test]
+fn log_readiness_waits_for_a_matching_line() {
+    let tell = r#"
+def tell():
+    print("listening on port 1234", file=sys.stderr, flush=True)
+"#;
+    told_readiness(
+        r#"{ log = "listening on port \\d+" }"#,
+        &TELLER.replace("TELL", tell),
+    );
+}
+
+#[test]
+fn log_and_notify_readiness_refuse_bad_input() {
+    let body = "[process.a]\ncommand = [\"sleep\", \"100\"]\nready = { log = \"(unclosed\" }\nliveness = { notify = true }\n";
+    let (_dir, _port, cfg) = table(body);
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("ready.log is not a valid regex"), "{err}");
+    assert!(err.contains("they apply to `ready` only"), "{err}");
+}
+
+/// An exec probe runs as the entry's user, in its cwd, with its environment.
+#[test]
+fn exec_probes_run_in_the_entrys_context() {
+    let root = unsafe { libc::getuid() } == 0;
+    let (user, uid) = if root {
+        ("user = \"nobody\"\n", "65534")
+    } else {
+        ("", "")
+    };
+    let uid = if root {
+        uid.to_string()
+    } else {
+        unsafe { libc::getuid() }.to_string()
+    };
+    let body = format!(
+        "[process.a]\ncommand = [\"sleep\", \"100\"]\ncwd = \"work\"\nenv = {{ PROBE_MARK = \"yes\" }}\n{user}ready = {{ exec = [\"sh\", \"-c\", \"test \\\"$PROBE_MARK\\\" = yes && test -e here && test $(id -u) = {uid}\"], interval = \"20ms\", start_period = \"0s\", retries = 5 }}\n"
+    );
+    let (dir, port, cfg) = table(&body);
+    write(&dir.path().join("work/here"), "");
+    let s = Sup::spawn(dir, port, cfg, &[], &[]);
+    let st = s.wait_state("a", "ready", T);
+    assert_eq!(st["state"], "ready", "{st}");
+}
