@@ -11,57 +11,10 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
 
-/// Serves `appcode.VERSION`; takes fd 3 when the systemd protocol says it is ours, else binds
-/// the port itself. On SIGTERM it stops accepting and finishes the requests it accepted.
-const PLAIN: &str = r#"
-import os, signal, socket, sys, threading, http.server
-import appcode
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = appcode.VERSION.encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-class S(http.server.ThreadingHTTPServer):
-    daemon_threads = False
-if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS") == "1":
-    srv = S(("127.0.0.1", 0), H, bind_and_activate=False)
-    srv.socket.close()
-    srv.socket = socket.socket(fileno=3)
-else:
-    srv = S(("127.0.0.1", int(sys.argv[1])), H)
-signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=srv.shutdown).start())
-print("serving", appcode.VERSION, flush=True)
-srv.serve_forever()
-srv.server_close()
-"#;
-
-/// A Flask app on Werkzeug's dev server (`app.run`), which takes the inherited socket from
-/// `WERKZEUG_SERVER_FD`. Werkzeug dies at SIGTERM with the requests it accepted, and a
-/// SIGINT may land between an accept and its thread; so the app stops its server the way
-/// socketserver means (`shutdown()`: no accept after the flag) and joins its handler threads.
-const FLASK: &str = r#"
-import signal, sys, threading
-import werkzeug.serving
-from flask import Flask
-import appcode
-werkzeug.serving.ThreadedWSGIServer.daemon_threads = False
-serve = werkzeug.serving.BaseWSGIServer.serve_forever
-def graceful(self, *a, **k):
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=self.shutdown).start())
-    serve(self, *a, **k)
-werkzeug.serving.BaseWSGIServer.serve_forever = graceful
-app = Flask(__name__)
-@app.get("/")
-def index():
-    return appcode.VERSION
-if __name__ == "__main__":
-    print("serving", appcode.VERSION, flush=True)
-    app.run(host="127.0.0.1", port=int(sys.argv[1]), use_reloader=False, threaded=True)
-"#;
+/// The apps (shared with bench/reload_bench.py): a plain Python server and a Flask app on
+/// Werkzeug's dev server; both finish the requests they accepted when stopped.
+const PLAIN: &str = include_str!("fixtures/reload/server.py");
+const FLASK: &str = include_str!("fixtures/reload/flaskapp.py");
 
 fn write(p: &Path, text: &str) {
     if let Some(d) = p.parent() {
