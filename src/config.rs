@@ -221,6 +221,122 @@ struct RawWatch {
     debounce: Option<String>,
     mode: Option<String>,
     poll_interval: Option<String>,
+    action: Option<String>,
+    signal: Option<String>,
+    exec: Option<Vec<String>>,
+    step: Option<String>,
+    #[serde(default)]
+    on: Vec<RawWatchRule>,
+}
+
+/// `action` and its argument (`signal`, `exec` or `step`) of a watch table or rule.
+struct RawWatchAction<'a> {
+    action: &'a Option<String>,
+    signal: &'a Option<String>,
+    exec: &'a Option<Vec<String>>,
+    step: &'a Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatchRule {
+    files: Vec<String>,
+    action: Option<String>,
+    signal: Option<String>,
+    exec: Option<Vec<String>>,
+    step: Option<String>,
+}
+
+/// A watch action from its raw form; every mistake is an error naming the fix.
+fn watch_action(
+    errs: &mut Errors,
+    span: &std::ops::Range<usize>,
+    ctx: &str,
+    a: RawWatchAction,
+    step_index: &dyn Fn(&str) -> Option<(usize, bool)>,
+) -> WatchAction {
+    let name = a.action.as_deref().unwrap_or("restart");
+    let unused = |errs: &mut Errors, key: &str, present: bool| {
+        if present {
+            errs.key(span, key, format!("{ctx}: watch `{key}` only applies to action = \"{key}\" (the action is \"{name}\")"));
+        }
+    };
+    let wants = [
+        ("signal", a.signal.is_some()),
+        ("exec", a.exec.is_some()),
+        ("step", a.step.is_some()),
+    ];
+    let act = match name {
+        "restart" => WatchAction::Restart,
+        "none" => WatchAction::None,
+        "signal" => match a.signal.as_deref().map(|s| (s, parse_signal(s))) {
+            Some((_, Some(sig))) => WatchAction::Signal(sig),
+            Some((s, None)) => {
+                errs.key(
+                    span,
+                    "signal",
+                    format!("{ctx}: unknown signal `{s}` in watch"),
+                );
+                WatchAction::None
+            }
+            None => {
+                errs.key(span, "action", format!("{ctx}: watch action \"signal\" needs `signal = \"SIGHUP\"` (or another signal)"));
+                WatchAction::None
+            }
+        },
+        "exec" => match &a.exec {
+            Some(c) if !c.is_empty() && !c[0].is_empty() => WatchAction::Exec(c.clone()),
+            _ => {
+                errs.key(
+                    span,
+                    "action",
+                    format!("{ctx}: watch action \"exec\" needs `exec = [\"command\", \"arg\"]`"),
+                );
+                WatchAction::None
+            }
+        },
+        "run" => match a.step.as_deref().map(|s| (s, step_index(s))) {
+            Some((s, Some((i, true)))) => WatchAction::Run(i, s.to_string()),
+            Some((s, Some((_, false)))) => {
+                errs.key(
+                    span,
+                    "step",
+                    format!("{ctx}: watch `step = \"{s}\"` is a [process]; `run` re-runs a [step]"),
+                );
+                WatchAction::None
+            }
+            Some((s, None)) => {
+                errs.key(
+                    span,
+                    "step",
+                    format!("{ctx}: watch `step = \"{s}\"`: no such step"),
+                );
+                WatchAction::None
+            }
+            None => {
+                errs.key(
+                    span,
+                    "action",
+                    format!("{ctx}: watch action \"run\" needs `step = \"name\"`"),
+                );
+                WatchAction::None
+            }
+        },
+        other => {
+            errs.key(
+                span,
+                "action",
+                format!("{ctx}: unknown watch action `{other}` (restart, signal, exec, run, none)"),
+            );
+            WatchAction::None
+        }
+    };
+    for (key, present) in wants {
+        if key != name && !(key == "step" && name == "run") {
+            unused(errs, key, present);
+        }
+    }
+    act
 }
 
 #[derive(Deserialize)]
@@ -503,6 +619,7 @@ pub fn parse(
     }
     let names: Vec<&str> = raws.iter().map(|r| r.0.as_str()).collect();
     let index = |n: &str| names.iter().position(|m| *m == n);
+    let step_index = |n: &str| index(n).map(|i| (i, raws[i].1 == Kind::Oneshot));
 
     let mut entries = Vec::new();
     for (name, kind, span, r) in &raws {
@@ -896,6 +1013,48 @@ pub fn parse(
                     &w.poll_interval,
                     Duration::from_secs(1),
                 ),
+                action: watch_action(
+                    &mut errs,
+                    &span,
+                    &ctx,
+                    RawWatchAction {
+                        action: &w.action,
+                        signal: &w.signal,
+                        exec: &w.exec,
+                        step: &w.step,
+                    },
+                    &step_index,
+                ),
+                on: w
+                    .on
+                    .iter()
+                    .map(|rule| {
+                        for g in &rule.files {
+                            if let Err(e) = globset::Glob::new(g) {
+                                errs.key(
+                                    &span,
+                                    "files",
+                                    format!("{ctx}: bad watch glob {g:?}: {e}"),
+                                );
+                            }
+                        }
+                        WatchRule {
+                            files: rule.files.clone(),
+                            action: watch_action(
+                                &mut errs,
+                                &span,
+                                &ctx,
+                                RawWatchAction {
+                                    action: &rule.action,
+                                    signal: &rule.signal,
+                                    exec: &rule.exec,
+                                    step: &rule.step,
+                                },
+                                &step_index,
+                            ),
+                        }
+                    })
+                    .collect(),
             }
         });
 

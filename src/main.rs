@@ -21,6 +21,7 @@ mod sockets;
 mod state;
 mod supervisor;
 mod watch;
+mod watch_actions;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;

@@ -110,6 +110,32 @@ pub struct Watch {
     pub mode: WatchMode,
     #[serde(with = "secs")]
     pub poll_interval: Duration,
+    /// What a change does when no rule of `on` matches its file (src/watch_actions.rs).
+    pub action: WatchAction,
+    /// Per path group: the first rule whose globs match a changed file decides its action.
+    pub on: Vec<WatchRule>,
+}
+
+/// What a watched change does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchAction {
+    /// Stop and start the entry (waits until it is ready again).
+    Restart,
+    /// Send this signal to the entry's main process (nginx: SIGHUP re-reads its config).
+    Signal(#[serde(serialize_with = "signal_name")] Signal),
+    /// Run this command in the entry's context (user, cwd, environment); no restart.
+    Exec(Vec<String>),
+    /// Re-run this step (its index and name), then reload what depends on it.
+    Run(usize, String),
+    /// Nothing (the app re-reads these files itself).
+    None,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchRule {
+    pub files: Vec<String>,
+    pub action: WatchAction,
 }
 
 #[derive(Debug, Clone, Serialize)]

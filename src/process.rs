@@ -335,6 +335,15 @@ pub fn shim_pid() -> Option<i32> {
     shim.filter(|&p| p == nix::unistd::getppid().as_raw() && p != 0)
 }
 
+/// The entry's main process: the marked child of this supervisor.
+pub fn leader(marker: &str) -> Option<i32> {
+    let me = std::process::id() as i32;
+    all_procs()
+        .into_iter()
+        .find(|p| p.ppid == me && p.marker.as_deref() == Some(marker))
+        .map(|p| p.pid)
+}
+
 /// Marked processes of the entry outside its process group (escaped with `setsid()`).
 pub fn escaped(marker: &str, pgid: u32) -> Vec<i32> {
     all_procs()

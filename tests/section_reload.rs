@@ -430,3 +430,156 @@ fn exec_probes_run_in_the_entrys_context() {
     let st = s.wait_state("a", "ready", T);
     assert_eq!(st["state"], "ready", "{st}");
 }
+
+/// Records its pid and counts SIGHUPs into files of its cwd.
+const HUPPER: &str = r#"
+import os, signal, time
+n = 0
+def hup(*a):
+    global n
+    n += 1
+    open("hups.tmp", "w").write(str(n))
+    os.rename("hups.tmp", "hups")
+signal.signal(signal.SIGHUP, hup)
+open("pid.tmp", "w").write(str(os.getpid()))
+os.rename("pid.tmp", "pid")
+while True:
+    time.sleep(1000)
+"#;
+
+fn read(s: &Sup, f: &str) -> Option<String> {
+    std::fs::read_to_string(s.path(f)).ok()
+}
+
+fn last_train(s: &Sup, name: &str, n: u64) -> Value {
+    wait_for(&format!("{name} train {n}"), T, || {
+        let w = s.entry(name)["watch"].clone();
+        (w["reloads"].as_u64() >= Some(n) && w["reloading"] == false && w["pending"] == 0)
+            .then(|| w["trains"].as_array().unwrap().last().unwrap().clone())
+    })
+}
+
+/// Per path group: `none` for templates, `signal` for the config, `exec` for assets, and
+/// the default `restart` for the rest; only a restart replaces the process.
+#[test]
+fn watch_actions_signal_exec_none_and_restart() {
+    let body = r#"
+[process.svc]
+command = ["python3", "svc.py"]
+ready = { exec = ["test", "-e", "pid"], interval = "20ms" }
+watch = { paths = ["src"], debounce = "50ms", on = [
+    { files = ["templates/**"], action = "none" },
+    { files = ["*.conf"], action = "signal", signal = "SIGHUP" },
+    { files = ["assets/*"], action = "exec", exec = ["sh", "-c", "cat src/assets/* > built.txt"] },
+] }
+"#;
+    let (dir, port, cfg) = table(body);
+    write(&dir.path().join("svc.py"), HUPPER);
+    write(&dir.path().join("src/templates/a.html"), "1");
+    write(&dir.path().join("src/site.conf"), "1");
+    write(&dir.path().join("src/assets/a.css"), "1");
+    write(&dir.path().join("src/code.py"), "1");
+    let s = Sup::spawn(dir, port, cfg, &[], &[]);
+    s.wait_state("svc", "ready", T);
+    wait_for("watching", T, || {
+        (!s.entry("svc")["watch"]["mode"].is_null()).then_some(())
+    });
+    let pid = read(&s, "pid").unwrap();
+
+    write(&s.path("src/templates/a.html"), "2");
+    let t = last_train(&s, "svc", 1);
+    assert_eq!(t["action"], "none", "{t}");
+
+    write(&s.path("src/site.conf"), "2");
+    let t = last_train(&s, "svc", 2);
+    assert_eq!(t["action"], "signal SIGHUP", "{t}");
+    wait_for("SIGHUP received", T, || {
+        (read(&s, "hups")? == "1").then_some(())
+    });
+
+    write(&s.path("src/assets/a.css"), "body{}");
+    let t = last_train(&s, "svc", 3);
+    assert_eq!(
+        t["action"], "exec sh -c cat src/assets/* > built.txt",
+        "{t}"
+    );
+    assert_eq!(t["outcome"], "done", "{t}");
+    assert_eq!(read(&s, "built.txt").as_deref(), Some("body{}"));
+    assert_eq!(
+        read(&s, "pid").unwrap(),
+        pid,
+        "no action so far replaced the process"
+    );
+
+    write(&s.path("src/code.py"), "2");
+    let t = last_train(&s, "svc", 4);
+    assert!(t["action"].is_null(), "a plain restart: {t}");
+    assert_eq!(t["outcome"], "ready", "{t}");
+    wait_for("a new process", T, || {
+        (read(&s, "pid")? != pid).then_some(())
+    });
+}
+
+/// `run`: a change re-runs the step, then what depends on it reloads.
+#[test]
+fn watch_action_run_reruns_the_step_then_reloads_its_dependents() {
+    let body = r#"
+[step.deps]
+command = ["sh", "-c", "echo x >> runs"]
+
+[process.svc]
+command = ["python3", "svc.py"]
+after = ["deps"]
+ready = { exec = ["test", "-e", "pid"], interval = "20ms" }
+watch = { paths = ["src"], debounce = "50ms", on = [{ files = ["requirements.txt"], action = "run", step = "deps" }] }
+"#;
+    let (dir, port, cfg) = table(body);
+    write(&dir.path().join("svc.py"), HUPPER);
+    write(&dir.path().join("src/requirements.txt"), "a");
+    let s = Sup::spawn(dir, port, cfg, &[], &[]);
+    s.wait_state("svc", "ready", T);
+    wait_for("watching", T, || {
+        (!s.entry("svc")["watch"]["mode"].is_null()).then_some(())
+    });
+    let pid = read(&s, "pid").unwrap();
+    write(&s.path("src/requirements.txt"), "b");
+    let t = last_train(&s, "svc", 1);
+    assert_eq!(t["action"], "run deps", "{t}");
+    assert_eq!(t["outcome"], "done", "{t}");
+    assert_eq!(
+        read(&s, "runs").unwrap().lines().count(),
+        2,
+        "the step ran again"
+    );
+    wait_for("svc restarted", T, || {
+        (read(&s, "pid")? != pid).then_some(())
+    });
+    s.wait_state("svc", "ready", T);
+}
+
+#[test]
+fn watch_action_mistakes_are_config_errors() {
+    let body = r#"
+[step.deps]
+command = ["true"]
+[process.svc]
+command = ["sleep", "100"]
+watch = { action = "signal", on = [{ files = ["x"], action = "run", step = "svc" }, { files = ["y"], action = "exec" }, { files = ["z"], action = "reboot" }] }
+"#;
+    let (_dir, _port, cfg) = table(body);
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{err}");
+    for want in [
+        "needs `signal = \"SIGHUP\"`",
+        "`step = \"svc\"` is a [process]",
+        "action \"exec\" needs `exec = [",
+        "unknown watch action `reboot`",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
