@@ -336,6 +336,8 @@ pub struct WatchState {
     cascaded: bool,
     paused: watch::Sender<bool>,
     info: Mutex<Info>,
+    /// Reload-loop detection (src/watch_actions.rs).
+    guard: Mutex<crate::watch_actions::LoopGuard>,
 }
 
 impl WatchState {
@@ -353,6 +355,7 @@ impl WatchState {
                     cascaded: targets.contains(&i),
                     paused: watch::channel(false).0,
                     info: Mutex::new(Info::default()),
+                    guard: Mutex::default(),
                 })
             })
             .collect()
@@ -360,6 +363,10 @@ impl WatchState {
 
     pub fn watched(&self) -> bool {
         self.watched
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, crate::watch_actions::LoopGuard> {
+        self.guard.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn info(&self) -> std::sync::MutexGuard<'_, Info> {
@@ -795,8 +802,13 @@ async fn reload_train(shared: Arc<Shared>, idx: usize, files: Vec<String>) {
         if count > 3 { ", ..." } else { "" }
     );
     let shown: Vec<String> = files.iter().take(KEEP_FILES).cloned().collect();
+    if let Some(rec) = reload_loop(&shared, idx, &files) {
+        shared.watch[idx].record(rec);
+        return;
+    }
     if let Some(rec) = Box::pin(other_actions(&shared, idx, &files)).await {
         shared.watch[idx].record(rec);
+        shared.watch[idx].guard().end(Instant::now());
         return;
     }
     let mut rec = reload_one(&shared, idx, shown.clone(), count, None).await;
@@ -827,6 +839,39 @@ async fn reload_train(shared: Arc<Shared>, idx: usize, files: Vec<String>) {
         }
     }
     shared.watch[idx].record(rec);
+    shared.watch[idx].guard().end(Instant::now());
+}
+
+/// A train caused by the previous reloads themselves (src/watch_actions.rs `LoopGuard`):
+/// watching is paused and the record names the file.
+fn reload_loop(shared: &Shared, idx: usize, files: &[String]) -> Option<TrainRecord> {
+    let e = &shared.plan.entries[idx];
+    let debounce = e.watch.as_ref().map_or(Duration::ZERO, |w| w.debounce);
+    let state = &shared.watch[idx];
+    let looping = state.guard().start(files, Instant::now(), debounce)?;
+    let file = looping.join("`, `");
+    let why = format!(
+        "reload loop: `{file}` changed right after each of the last {} reloads (written by `{}` itself, by what it starts, or the supervisor's own output?); \
+         watching is paused: add it to the watch `ignore`, or resume with `dmp-contained resume {}`",
+        crate::watch_actions::LOOP_TRAINS,
+        e.name,
+        e.name
+    );
+    tracing::error!("{}: {why}", e.name);
+    state.paused.send_replace(true);
+    *state.guard() = Default::default();
+    Some(TrainRecord {
+        at: crate::logs::now_ms(),
+        files: files.iter().take(KEEP_FILES).cloned().collect(),
+        count: files.len(),
+        via: None,
+        duration_s: 0.0,
+        outcome: "failed".into(),
+        error: Some(why),
+        log_tail: vec![],
+        cascade: vec![],
+        action: Some("none".into()),
+    })
 }
 
 /// Runs the train's actions other than `restart` (src/watch_actions.rs). Returns their record

@@ -139,3 +139,84 @@ mod tests {
         );
     }
 }
+
+/// Trains in a row, each starting right after the previous one ended and sharing a file with
+/// it, that make a reload loop.
+pub const LOOP_TRAINS: u32 = 5;
+/// "Right after": within the debounce plus this.
+pub const LOOP_GAP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Detects reloads caused by the reload itself: a file the entry (or anything it starts, or the
+/// supervisor's own output) writes on every start changes after every reload.
+#[derive(Debug, Default)]
+pub struct LoopGuard {
+    last_end: Option<tokio::time::Instant>,
+    last_files: std::collections::HashSet<String>,
+    streak: u32,
+}
+
+impl LoopGuard {
+    /// A train starts: returns the files that loop when this train completes a loop.
+    pub fn start(
+        &mut self,
+        files: &[String],
+        now: tokio::time::Instant,
+        debounce: std::time::Duration,
+    ) -> Option<Vec<String>> {
+        let quick = self
+            .last_end
+            .is_some_and(|e| now.saturating_duration_since(e) <= debounce + LOOP_GAP);
+        let again: Vec<String> = files
+            .iter()
+            .filter(|f| self.last_files.contains(*f))
+            .cloned()
+            .collect();
+        self.last_files = files.iter().cloned().collect();
+        match Some(again).filter(|a| quick && !a.is_empty()) {
+            Some(f) => {
+                self.streak += 1;
+                (self.streak >= LOOP_TRAINS).then_some(f)
+            }
+            None => {
+                self.streak = 0;
+                None
+            }
+        }
+    }
+
+    /// The train ended.
+    pub fn end(&mut self, now: tokio::time::Instant) {
+        self.last_end = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod loop_tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[test]
+    fn the_same_file_right_after_each_reload_is_a_loop_a_slower_save_is_not() {
+        let d = Duration::from_millis(200);
+        let f = vec!["state.json".to_string()];
+        let mut g = LoopGuard::default();
+        let t = Instant::now();
+        let mut at = t;
+        for i in 0..LOOP_TRAINS {
+            assert_eq!(g.start(&f, at, d), None, "train {i}");
+            at += Duration::from_millis(300);
+            g.end(at);
+            at += Duration::from_millis(250);
+        }
+        assert_eq!(g.start(&f, at, d), Some(f.clone()));
+        // A human saving again 3 s after the reload ended breaks the streak.
+        let mut g = LoopGuard::default();
+        let mut at = t;
+        for _ in 0..10 {
+            assert_eq!(g.start(&f, at, d), None);
+            g.end(at);
+            at += Duration::from_secs(3);
+        }
+    }
+}

@@ -583,3 +583,48 @@ watch = { action = "signal", on = [{ files = ["x"], action = "run", step = "svc"
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+/// An entry that writes into its own watched tree on every start: after a few reloads the
+/// loop is detected, watching pauses, and status names the file.
+#[test]
+fn a_reload_loop_is_detected_paused_and_names_the_file() {
+    let body = r#"
+[process.svc]
+command = ["sh", "-c", "date +%s%N >> state.log; exec sleep 1000"]
+watch = { paths = ["."], debounce = "50ms", ignore = ["*.toml", "*.sock", "cache"] }
+"#;
+    let (dir, port, cfg) = table(body);
+    write(&dir.path().join("code.py"), "1");
+    let s = Sup::spawn(dir, port, cfg, &[], &[]);
+    s.wait_state("svc", "ready", T);
+    wait_for("watching", T, || {
+        (!s.entry("svc")["watch"]["mode"].is_null()).then_some(())
+    });
+    write(&s.path("code.py"), "2");
+    let w = wait_for("the loop to be detected", T, || {
+        let w = s.entry("svc")["watch"].clone();
+        (w["paused"] == true).then_some(w)
+    });
+    let last = w["trains"].as_array().unwrap().last().unwrap().clone();
+    let err = last["error"].as_str().unwrap_or_default();
+    assert!(err.contains("reload loop: `"), "{w}");
+    assert!(err.contains("`state.log`"), "{w}");
+    let n = w["reloads"].as_u64().unwrap();
+    assert!(n <= 8, "{n} reloads before the loop was caught");
+    // Paused: the entry runs, and no more reloads happen.
+    s.wait_state("svc", "ready", T);
+    let starts = std::fs::read_to_string(s.path("state.log"))
+        .unwrap()
+        .lines()
+        .count();
+    write(&s.path("code.py"), "3");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.entry("svc")["watch"]["reloads"].as_u64().unwrap(), n);
+    assert_eq!(
+        std::fs::read_to_string(s.path("state.log"))
+            .unwrap()
+            .lines()
+            .count(),
+        starts
+    );
+}
