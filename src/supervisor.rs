@@ -125,6 +125,8 @@ struct Rt {
     restart_after_stop: bool,
     /// Hot reloads waiting for this entry to be ready/done (or to fail).
     reload_waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    /// Restarting after its own exit: its `restart_with` followers restart once it is ready.
+    crashed: bool,
 }
 
 enum Internal {
@@ -245,6 +247,23 @@ impl Supervisor {
         }
         self.rt[i].state = Some(to);
         self.resolve_reloads(i, to);
+        if to == State::Ready && std::mem::take(&mut self.rt[i].crashed) {
+            self.restart_followers(i);
+        }
+    }
+
+    /// `restart_with` applies to every restart: after `i` restarted by itself (a crash), the
+    /// entries naming it restart too, as after a reload of it.
+    fn restart_followers(&mut self, i: usize) {
+        for t in crate::watch::cascade_targets(&self.plan, i) {
+            tracing::info!(
+                "{}: restarting with `{}` (it restarted after exiting)",
+                self.entry(t).name,
+                self.entry(i).name
+            );
+            let (reply, _) = oneshot::channel();
+            self.reload(t, 0, reply);
+        }
     }
 
     /// Runs until everything is stopped; returns the exit code.
@@ -702,6 +721,7 @@ impl Supervisor {
             .decide(&policy, success, uptime, Instant::now())
         {
             Decision::RestartAfter(d) => {
+                self.rt[i].crashed = true;
                 self.rt[i].reason = Some(match &reason {
                     Some(r) => format!("{r}; restarting in {d:?}"),
                     None => format!("exited with {}; restarting in {d:?}", exit.describe()),

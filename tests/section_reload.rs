@@ -628,3 +628,38 @@ watch = { paths = ["."], debounce = "50ms", ignore = ["*.toml", "*.sock", "cache
         starts
     );
 }
+
+/// `restart_with` applies to a crash too: when `db` dies and is restarted, `app` restarts
+/// once `db` is ready again.
+#[test]
+fn restart_with_follows_a_crash() {
+    let body = r#"
+[process.db]
+command = ["sh", "-c", "echo up >> db.log; exec sleep 1000"]
+restart = { backoff = "50ms" }
+
+[process.app]
+command = ["sh", "-c", "echo up >> app.log; exec sleep 1000"]
+after = ["db"]
+restart_with = ["db"]
+"#;
+    let (dir, port, cfg) = table(body);
+    let s = Sup::spawn(dir, port, cfg, &[], &[]);
+    s.wait_state("db", "ready", T);
+    let app = s.wait_state("app", "ready", T);
+    let db_pid = s.entry("db")["pid"].as_i64().unwrap() as i32;
+    unsafe { libc::kill(db_pid, libc::SIGKILL) };
+    let lines = |f: &str| {
+        std::fs::read_to_string(s.path(f))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    wait_for("db restarted", T, || (lines("db.log") == 2).then_some(()));
+    wait_for("app restarted with it", T, || {
+        (lines("app.log") == 2).then_some(())
+    });
+    let app2 = s.wait_state("app", "ready", T);
+    assert_ne!(app["pid"], app2["pid"]);
+    assert_eq!(lines("app.log"), 2);
+}
