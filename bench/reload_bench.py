@@ -64,7 +64,7 @@ def entry(api, name):
     return next(e for e in status(api)["entries"] if e["name"] == name)
 
 
-def wait(what, f, timeout=30):
+def wait(what, f, timeout=30, api=None):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         try:
@@ -74,7 +74,8 @@ def wait(what, f, timeout=30):
         if v:
             return v
         time.sleep(0.02)
-    raise SystemExit(f"timed out waiting for {what}")
+    detail = json.dumps(entry(api, "app"))[:3000] if api else ""
+    raise SystemExit(f"timed out waiting for {what} {detail}")
 
 
 def run(app, held, nginx):
@@ -146,13 +147,13 @@ after = ["app"]
                     with lock:
                         fails.append(str(e) or type(e).__name__)
 
-        ts = [threading.Thread(target=client) for _ in range(THREADS)]
+        ts = [threading.Thread(target=client, daemon=True) for _ in range(THREADS)]
         start = time.monotonic()
         for t in ts:
             t.start()
         for i in range(1, SAVES + 1):
             open(f"{d}/app/appcode.py", "w").write(f'VERSION = "v{i}"\n')
-            wait(f"reload {i}", lambda: (lambda w: w["reloads"] >= i and not w["reloading"] and w["pending"] == 0)(entry(api, "app")["watch"]))
+            wait(f"reload {i}", lambda: (lambda w: w["reloads"] >= i and not w["reloading"] and w["pending"] == 0)(entry(api, "app")["watch"]), api=api)
         wait("last version", lambda: get(front) == f"v{SAVES}")
         stop.set()
         for t in ts:

@@ -808,7 +808,7 @@ async fn reload_train(shared: Arc<Shared>, idx: usize, files: Vec<String>) {
     }
     if let Some(rec) = Box::pin(other_actions(&shared, idx, &files)).await {
         shared.watch[idx].record(rec);
-        shared.watch[idx].guard().end(Instant::now());
+        shared.watch[idx].guard().end(std::time::SystemTime::now());
         return;
     }
     let mut rec = reload_one(&shared, idx, shown.clone(), count, None).await;
@@ -839,19 +839,31 @@ async fn reload_train(shared: Arc<Shared>, idx: usize, files: Vec<String>) {
         }
     }
     shared.watch[idx].record(rec);
-    shared.watch[idx].guard().end(Instant::now());
+    shared.watch[idx].guard().end(std::time::SystemTime::now());
 }
 
 /// A train caused by the previous reloads themselves (src/watch_actions.rs `LoopGuard`):
 /// watching is paused and the record names the file.
 fn reload_loop(shared: &Shared, idx: usize, files: &[String]) -> Option<TrainRecord> {
     let e = &shared.plan.entries[idx];
-    let debounce = e.watch.as_ref().map_or(Duration::ZERO, |w| w.debounce);
+    let roots = e
+        .watch
+        .as_ref()
+        .map(|w| w.paths.as_slice())
+        .unwrap_or_default();
     let state = &shared.watch[idx];
-    let looping = state.guard().start(files, Instant::now(), debounce)?;
+    let written = match state.guard().window() {
+        Some(w) => files
+            .iter()
+            .filter(|f| crate::watch_actions::modified_in(roots, f, w))
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    };
+    let looping = state.guard().start(written, std::time::SystemTime::now())?;
     let file = looping.join("`, `");
     let why = format!(
-        "reload loop: `{file}` changed right after each of the last {} reloads (written by `{}` itself, by what it starts, or the supervisor's own output?); \
+        "reload loop: `{file}` changed during each of the last {} reloads (written by `{}` itself, by what it starts, or the supervisor's own output?); \
          watching is paused: add it to the watch `ignore`, or resume with `dmp-contained resume {}`",
         crate::watch_actions::LOOP_TRAINS,
         e.name,

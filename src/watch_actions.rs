@@ -140,83 +140,103 @@ mod tests {
     }
 }
 
-/// Trains in a row, each starting right after the previous one ended and sharing a file with
-/// it, that make a reload loop.
+/// Trains in a row, each caused by files written during the previous reload, that make a
+/// reload loop.
 pub const LOOP_TRAINS: u32 = 5;
-/// "Right after": within the debounce plus this.
-pub const LOOP_GAP: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Detects reloads caused by the reload itself: a file the entry (or anything it starts, or the
-/// supervisor's own output) writes on every start changes after every reload.
+/// Detects reloads caused by the reload itself: a file the entry (or anything it starts, or
+/// the supervisor's own output) writes while it restarts changes during every reload. A file
+/// saved after a reload ended (an editor, however fast) is no loop.
 #[derive(Debug, Default)]
 pub struct LoopGuard {
-    last_end: Option<tokio::time::Instant>,
-    last_files: std::collections::HashSet<String>,
+    /// Wall-clock start and end of the last train (file mtimes are wall-clock).
+    last: Option<(SystemTime, SystemTime)>,
+    started: Option<SystemTime>,
     streak: u32,
 }
 
+use std::time::SystemTime;
+
 impl LoopGuard {
-    /// A train starts: returns the files that loop when this train completes a loop.
-    pub fn start(
-        &mut self,
-        files: &[String],
-        now: tokio::time::Instant,
-        debounce: std::time::Duration,
-    ) -> Option<Vec<String>> {
-        let quick = self
-            .last_end
-            .is_some_and(|e| now.saturating_duration_since(e) <= debounce + LOOP_GAP);
-        let again: Vec<String> = files
-            .iter()
-            .filter(|f| self.last_files.contains(*f))
-            .cloned()
-            .collect();
-        self.last_files = files.iter().cloned().collect();
-        match Some(again).filter(|a| quick && !a.is_empty()) {
-            Some(f) => {
-                self.streak += 1;
-                (self.streak >= LOOP_TRAINS).then_some(f)
-            }
-            None => {
-                self.streak = 0;
-                None
-            }
+    /// When the last train ran.
+    pub fn window(&self) -> Option<(SystemTime, SystemTime)> {
+        self.last
+    }
+
+    /// A train starts; `written` are its files last modified during the previous train.
+    /// Returns them when this train completes a loop.
+    pub fn start(&mut self, written: Vec<String>, now: SystemTime) -> Option<Vec<String>> {
+        self.started = Some(now);
+        if written.is_empty() {
+            self.streak = 0;
+            return None;
         }
+        self.streak += 1;
+        (self.streak >= LOOP_TRAINS).then_some(written)
     }
 
     /// The train ended.
-    pub fn end(&mut self, now: tokio::time::Instant) {
-        self.last_end = Some(now);
+    pub fn end(&mut self, now: SystemTime) {
+        self.last = self.started.take().map(|s| (s, now));
     }
+}
+
+/// Whether `file` (relative to one of `roots`) was last modified within `window`.
+pub fn modified_in(
+    roots: &[std::path::PathBuf],
+    file: &str,
+    window: (SystemTime, SystemTime),
+) -> bool {
+    roots
+        .iter()
+        .find_map(|r| {
+            std::fs::metadata(r.join(file))
+                .and_then(|m| m.modified())
+                .ok()
+        })
+        .is_some_and(|t| t >= window.0 && t <= window.1)
 }
 
 #[cfg(test)]
 mod loop_tests {
     use super::*;
     use std::time::Duration;
-    use tokio::time::Instant;
 
     #[test]
-    fn the_same_file_right_after_each_reload_is_a_loop_a_slower_save_is_not() {
-        let d = Duration::from_millis(200);
+    fn files_written_during_each_reload_are_a_loop_a_save_after_it_is_not() {
         let f = vec!["state.json".to_string()];
         let mut g = LoopGuard::default();
-        let t = Instant::now();
-        let mut at = t;
-        for i in 0..LOOP_TRAINS {
-            assert_eq!(g.start(&f, at, d), None, "train {i}");
-            at += Duration::from_millis(300);
-            g.end(at);
-            at += Duration::from_millis(250);
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        for i in 0..LOOP_TRAINS - 1 {
+            assert_eq!(g.start(f.clone(), t), None, "train {i}");
+            g.end(t);
         }
-        assert_eq!(g.start(&f, at, d), Some(f.clone()));
-        // A human saving again 3 s after the reload ended breaks the streak.
-        let mut g = LoopGuard::default();
-        let mut at = t;
-        for _ in 0..10 {
-            assert_eq!(g.start(&f, at, d), None);
-            g.end(at);
-            at += Duration::from_secs(3);
+        assert_eq!(
+            g.start(vec![], t),
+            None,
+            "a save after the reload breaks the streak"
+        );
+        g.end(t);
+        for _ in 0..LOOP_TRAINS - 1 {
+            assert_eq!(g.start(f.clone(), t), None);
+            g.end(t);
         }
+        assert_eq!(g.start(f.clone(), t), Some(f.clone()));
+    }
+
+    #[test]
+    fn modified_in_reads_the_mtime() {
+        let d = tempfile::tempdir().unwrap();
+        let before = SystemTime::now() - Duration::from_secs(1);
+        std::fs::write(d.path().join("a"), "x").unwrap();
+        let after = SystemTime::now() + Duration::from_secs(1);
+        let roots = vec![d.path().to_path_buf()];
+        assert!(modified_in(&roots, "a", (before, after)));
+        assert!(!modified_in(
+            &roots,
+            "a",
+            (after, after + Duration::from_secs(1))
+        ));
+        assert!(!modified_in(&roots, "missing", (before, after)));
     }
 }
