@@ -194,6 +194,7 @@ struct RawProbe {
     redis: Option<String>,
     log: Option<String>,
     notify: Option<bool>,
+    watchdog: Option<String>,
     interval: Option<String>,
     timeout: Option<String>,
     retries: Option<u32>,
@@ -851,7 +852,17 @@ pub fn parse(
                 kinds.push(ProbeKind::Log(re.clone()));
             }
             if p.notify == Some(true) {
-                kinds.push(ProbeKind::Notify);
+                let wd = p
+                    .watchdog
+                    .as_ref()
+                    .map(|_| dur(errs, &span, "watchdog", &p.watchdog, Duration::ZERO));
+                kinds.push(ProbeKind::Notify(wd.filter(|d| !d.is_zero())));
+            } else if p.watchdog.is_some() {
+                errs.key(
+                    &span,
+                    "watchdog",
+                    format!("{ctx}: {key}.watchdog needs `notify = true`"),
+                );
             }
             if key != "ready" && (p.log.is_some() || p.notify.is_some()) {
                 errs.key(

@@ -79,6 +79,36 @@ impl Notify {
     }
 }
 
+impl Notify {
+    /// After readiness: returns an error once no `WATCHDOG=1` came for `every`.
+    pub async fn watchdog(&self, every: Duration) -> String {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let pet = async {
+                loop {
+                    match self.sock.recv(&mut buf).await {
+                        Ok(n)
+                            if String::from_utf8_lossy(&buf[..n])
+                                .lines()
+                                .any(|l| l == "WATCHDOG=1") =>
+                        {
+                            return
+                        }
+                        Ok(_) => {}
+                        Err(_) => std::future::pending::<()>().await,
+                    }
+                }
+            };
+            if tokio::time::timeout(every, pet).await.is_err() {
+                return format!(
+                    "no WATCHDOG=1 on NOTIFY_SOCKET for {} s (WATCHDOG_USEC)",
+                    every.as_secs_f64()
+                );
+            }
+        }
+    }
+}
+
 impl Drop for Notify {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);

@@ -42,8 +42,9 @@ pub enum ProbeKind {
     Redis(String),
     /// Readiness only: a line of the entry's output matching this regex (src/notify.rs).
     Log(String),
-    /// Readiness only: `READY=1` on `NOTIFY_SOCKET` (src/notify.rs).
-    Notify,
+    /// Readiness only: `READY=1` on `NOTIFY_SOCKET` (src/notify.rs); with a watchdog
+    /// interval, `WATCHDOG=1` must then come at least that often.
+    Notify(#[serde(with = "opt_secs")] Option<Duration>),
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -52,7 +52,7 @@ async fn check_once(kind: &ProbeKind, entry: Option<&Entry>) -> Result<(), Strin
                 ))
             }
         }
-        ProbeKind::Log(_) | ProbeKind::Notify => {
+        ProbeKind::Log(_) | ProbeKind::Notify(_) => {
             Err("log and notify readiness are not polled (src/notify.rs)".into())
         }
         ProbeKind::Postgres(conn) => {

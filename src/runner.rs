@@ -159,7 +159,7 @@ impl Runner {
         };
         let kind = self.entry.ready.as_ref().map(|p| &p.kind);
         let notify = match kind {
-            Some(ProbeKind::Notify) => match crate::notify::Notify::bind(&self.entry) {
+            Some(ProbeKind::Notify(_)) => match crate::notify::Notify::bind(&self.entry) {
                 Ok(n) => Some(n),
                 Err(e) => {
                     self.send(EventKind::SpawnFailed(e));
@@ -170,7 +170,14 @@ impl Runner {
         };
         let mut log_rx =
             matches!(kind, Some(ProbeKind::Log(_))).then(|| crate::notify::subscribe(&self.log));
-        let extra: Vec<_> = notify.iter().map(|n| n.env()).collect();
+        let watchdog = match kind {
+            Some(ProbeKind::Notify(Some(d))) => Some(*d),
+            _ => None,
+        };
+        let mut extra: Vec<_> = notify.iter().map(|n| n.env()).collect();
+        if let Some(d) = watchdog {
+            extra.push(("WATCHDOG_USEC".into(), d.as_micros().to_string()));
+        }
         let (log, out) = (self.log.clone(), self.out.clone());
         let mut child = match process::spawn(&self.entry, listen, &extra) {
             Ok(c) => c,
@@ -209,7 +216,7 @@ impl Runner {
                     (ProbeKind::Log(re), Some(rx), _) => {
                         crate::notify::wait_log(rx, re, p.start_period).await
                     }
-                    (ProbeKind::Notify, _, Some(n)) => n.ready(p.start_period, &log, &out).await,
+                    (ProbeKind::Notify(_), _, Some(n)) => n.ready(p.start_period, &log, &out).await,
                     _ => crate::probe::wait_ready(p, Some(&entry), report).await,
                 },
                 (None, true) => Ok(()),
@@ -217,6 +224,9 @@ impl Runner {
             }
         };
         let liveness = async {
+            if let (Some(d), Some(n)) = (watchdog, &notify) {
+                return n.watchdog(d).await;
+            }
             match &entry.liveness {
                 Some(p) if is_longrun => {
                     crate::probe::watch_liveness(p, Some(&entry), report2).await

@@ -663,3 +663,36 @@ restart_with = ["db"]
     assert_ne!(app["pid"], app2["pid"]);
     assert_eq!(lines("app.log"), 2);
 }
+
+/// `watchdog`: `WATCHDOG_USEC` is set, and a service that stops sending `WATCHDOG=1` is
+/// restarted like a failed liveness probe.
+#[test]
+fn notify_watchdog_restarts_a_silent_service() {
+    let script = r#"
+import os, socket, time
+open("usec", "w").write(os.environ.get("WATCHDOG_USEC", ""))
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+while os.path.exists("alive"):
+    s.sendto(b"WATCHDOG=1", os.environ["NOTIFY_SOCKET"])
+    time.sleep(0.05)
+time.sleep(1000)
+"#;
+    let body = "[process.svc]\ncommand = [\"python3\", \"svc.py\"]\nready = { notify = true, watchdog = \"400ms\" }\nrestart = { backoff = \"50ms\" }\n";
+    let (dir, port, cfg) = table(body);
+    write(&dir.path().join("svc.py"), script);
+    write(&dir.path().join("alive"), "");
+    let s = Sup::spawn(dir, port, cfg, &[], &[]);
+    let first = s.wait_state("svc", "ready", T);
+    assert_eq!(read(&s, "usec").as_deref(), Some("400000"));
+    // Petting: still the same process well past the interval.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(s.entry("svc")["pid"], first["pid"]);
+    std::fs::remove_file(s.path("alive")).unwrap();
+    let e = wait_for("a restart", T, || {
+        let e = s.entry("svc");
+        (e["pid"] != first["pid"] && e["pid"].is_number()).then_some(e)
+    });
+    let reason = s.stderr_text() + &s.stdout_text();
+    assert!(reason.contains("no WATCHDOG=1"), "{e}\n{reason}");
+}
