@@ -131,6 +131,8 @@ struct RawEntry {
     after: Vec<String>,
     #[serde(default)]
     ports: Vec<RawPort>,
+    #[serde(default)]
+    listen: Vec<String>,
     stop_signal: Option<String>,
     stop_timeout: Option<String>,
     #[serde(default)]
@@ -152,6 +154,39 @@ struct RawEntry {
     timeout: Option<String>,
     /// Steps: a "still running" note this often ("0s": never).
     progress: Option<String>,
+}
+
+/// `listen` of a longrun (interpolated): socket addresses ("127.0.0.1:5002", "[::1]:5002").
+fn listen_addrs(
+    errs: &mut Errors,
+    span: &std::ops::Range<usize>,
+    ctx: &str,
+    kind: Kind,
+    listen: &[String],
+) -> Vec<std::net::SocketAddr> {
+    if kind == Kind::Oneshot && !listen.is_empty() {
+        errs.key(
+            span,
+            "listen",
+            format!("{ctx}: `listen` applies to [process] entries only"),
+        );
+        return Vec::new();
+    }
+    let mut out: Vec<std::net::SocketAddr> = Vec::new();
+    for a in listen {
+        match a.parse() {
+            Ok(addr) if out.contains(&addr) => {
+                errs.key(span, "listen", format!("{ctx}: `listen` names {a} twice"))
+            }
+            Ok(addr) => out.push(addr),
+            Err(_) => errs.key(
+                span,
+                "listen",
+                format!("{ctx}: `listen` entry {a:?} is not an IP address and port (e.g. \"127.0.0.1:5002\")"),
+            ),
+        }
+    }
+    out
 }
 
 /// `timeout` and `progress` of a step (both apply to [step] entries only).
@@ -189,6 +224,9 @@ struct RawProbe {
     exec: Option<Vec<String>>,
     postgres: Option<String>,
     redis: Option<String>,
+    log: Option<String>,
+    notify: Option<bool>,
+    watchdog: Option<String>,
     interval: Option<String>,
     timeout: Option<String>,
     retries: Option<u32>,
@@ -216,6 +254,122 @@ struct RawWatch {
     debounce: Option<String>,
     mode: Option<String>,
     poll_interval: Option<String>,
+    action: Option<String>,
+    signal: Option<String>,
+    exec: Option<Vec<String>>,
+    step: Option<String>,
+    #[serde(default)]
+    on: Vec<RawWatchRule>,
+}
+
+/// `action` and its argument (`signal`, `exec` or `step`) of a watch table or rule.
+struct RawWatchAction<'a> {
+    action: &'a Option<String>,
+    signal: &'a Option<String>,
+    exec: &'a Option<Vec<String>>,
+    step: &'a Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatchRule {
+    files: Vec<String>,
+    action: Option<String>,
+    signal: Option<String>,
+    exec: Option<Vec<String>>,
+    step: Option<String>,
+}
+
+/// A watch action from its raw form; every mistake is an error naming the fix.
+fn watch_action(
+    errs: &mut Errors,
+    span: &std::ops::Range<usize>,
+    ctx: &str,
+    a: RawWatchAction,
+    step_index: &dyn Fn(&str) -> Option<(usize, bool)>,
+) -> WatchAction {
+    let name = a.action.as_deref().unwrap_or("restart");
+    let unused = |errs: &mut Errors, key: &str, present: bool| {
+        if present {
+            errs.key(span, key, format!("{ctx}: watch `{key}` only applies to action = \"{key}\" (the action is \"{name}\")"));
+        }
+    };
+    let wants = [
+        ("signal", a.signal.is_some()),
+        ("exec", a.exec.is_some()),
+        ("step", a.step.is_some()),
+    ];
+    let act = match name {
+        "restart" => WatchAction::Restart,
+        "none" => WatchAction::None,
+        "signal" => match a.signal.as_deref().map(|s| (s, parse_signal(s))) {
+            Some((_, Some(sig))) => WatchAction::Signal(sig),
+            Some((s, None)) => {
+                errs.key(
+                    span,
+                    "signal",
+                    format!("{ctx}: unknown signal `{s}` in watch"),
+                );
+                WatchAction::None
+            }
+            None => {
+                errs.key(span, "action", format!("{ctx}: watch action \"signal\" needs `signal = \"SIGHUP\"` (or another signal)"));
+                WatchAction::None
+            }
+        },
+        "exec" => match &a.exec {
+            Some(c) if !c.is_empty() && !c[0].is_empty() => WatchAction::Exec(c.clone()),
+            _ => {
+                errs.key(
+                    span,
+                    "action",
+                    format!("{ctx}: watch action \"exec\" needs `exec = [\"command\", \"arg\"]`"),
+                );
+                WatchAction::None
+            }
+        },
+        "run" => match a.step.as_deref().map(|s| (s, step_index(s))) {
+            Some((s, Some((i, true)))) => WatchAction::Run(i, s.to_string()),
+            Some((s, Some((_, false)))) => {
+                errs.key(
+                    span,
+                    "step",
+                    format!("{ctx}: watch `step = \"{s}\"` is a [process]; `run` re-runs a [step]"),
+                );
+                WatchAction::None
+            }
+            Some((s, None)) => {
+                errs.key(
+                    span,
+                    "step",
+                    format!("{ctx}: watch `step = \"{s}\"`: no such step"),
+                );
+                WatchAction::None
+            }
+            None => {
+                errs.key(
+                    span,
+                    "action",
+                    format!("{ctx}: watch action \"run\" needs `step = \"name\"`"),
+                );
+                WatchAction::None
+            }
+        },
+        other => {
+            errs.key(
+                span,
+                "action",
+                format!("{ctx}: unknown watch action `{other}` (restart, signal, exec, run, none)"),
+            );
+            WatchAction::None
+        }
+    };
+    for (key, present) in wants {
+        if key != name && !(key == "step" && name == "run") {
+            unused(errs, key, present);
+        }
+    }
+    act
 }
 
 #[derive(Deserialize)]
@@ -518,6 +672,7 @@ pub fn parse(
     }
     let names: Vec<&str> = raws.iter().map(|r| r.0.as_str()).collect();
     let index = |n: &str| names.iter().position(|m| *m == n);
+    let step_index = |n: &str| index(n).map(|i| (i, raws[i].1 == Kind::Oneshot));
 
     let mut entries = Vec::new();
     for (name, kind, span, r) in &raws {
@@ -777,12 +932,44 @@ pub fn parse(
             if let Some(c) = &p.redis {
                 kinds.push(ProbeKind::Redis(x(errs, &span, "redis", c)));
             }
+            if let Some(re) = &p.log {
+                if let Err(e) = regex::Regex::new(re) {
+                    errs.key(
+                        &span,
+                        "log",
+                        format!("{ctx}: {key}.log is not a valid regex: {e}"),
+                    );
+                }
+                kinds.push(ProbeKind::Log(re.clone()));
+            }
+            if p.notify == Some(true) {
+                let wd = p
+                    .watchdog
+                    .as_ref()
+                    .map(|_| dur(errs, &span, "watchdog", &p.watchdog, Duration::ZERO));
+                kinds.push(ProbeKind::Notify(wd.filter(|d| !d.is_zero())));
+            } else if p.watchdog.is_some() {
+                errs.key(
+                    &span,
+                    "watchdog",
+                    format!("{ctx}: {key}.watchdog needs `notify = true`"),
+                );
+            }
+            if key != "ready" && (p.log.is_some() || p.notify.is_some()) {
+                errs.key(
+                    &span,
+                    key,
+                    format!(
+                        "{ctx}: `log` and `notify` tell readiness once; they apply to `ready` only"
+                    ),
+                );
+            }
             if kinds.len() != 1 {
                 errs.key(
                     &span,
                     key,
                     format!(
-                        "{ctx}: `{key}` needs exactly one of tcp, http, exec, postgres, redis (found {})",
+                        "{ctx}: `{key}` needs exactly one of tcp, http, exec, postgres, redis, log, notify (found {})",
                         kinds.len()
                     ),
                 );
@@ -811,6 +998,21 @@ pub fn parse(
         };
         let ready = probe(&mut errs, "ready", &r.ready);
         let liveness = probe(&mut errs, "liveness", &r.liveness);
+        let listen: Vec<String> = r
+            .listen
+            .iter()
+            .map(|a| x(&mut errs, &span, "listen", a))
+            .collect();
+        let listen = listen_addrs(&mut errs, &span, &ctx, *kind, &listen);
+        for (key, p) in [("ready", &ready), ("liveness", &liveness)] {
+            if let Some(ProbeKind::Tcp(a)) = p.as_ref().map(|p| &p.kind) {
+                if crate::sockets::probes_held(&listen, a) {
+                    errs.key(&span, key, format!(
+                        "{ctx}: `{key} = {{ tcp = \"{a}\" }}` would pass as soon as the supervisor holds the socket (`listen`), \
+                         whether or not the app runs; probe its answer instead (`http = \"http://{a}/\"`), or use `log`/`notify` readiness"));
+                }
+            }
+        }
 
         let mut restart = Restart::default();
         if let Some(rr) = &r.restart {
@@ -913,6 +1115,48 @@ pub fn parse(
                     &w.poll_interval,
                     Duration::from_secs(1),
                 ),
+                action: watch_action(
+                    &mut errs,
+                    &span,
+                    &ctx,
+                    RawWatchAction {
+                        action: &w.action,
+                        signal: &w.signal,
+                        exec: &w.exec,
+                        step: &w.step,
+                    },
+                    &step_index,
+                ),
+                on: w
+                    .on
+                    .iter()
+                    .map(|rule| {
+                        for g in &rule.files {
+                            if let Err(e) = globset::Glob::new(g) {
+                                errs.key(
+                                    &span,
+                                    "files",
+                                    format!("{ctx}: bad watch glob {g:?}: {e}"),
+                                );
+                            }
+                        }
+                        WatchRule {
+                            files: rule.files.clone(),
+                            action: watch_action(
+                                &mut errs,
+                                &span,
+                                &ctx,
+                                RawWatchAction {
+                                    action: &rule.action,
+                                    signal: &rule.signal,
+                                    exec: &rule.exec,
+                                    step: &rule.step,
+                                },
+                                &step_index,
+                            ),
+                        }
+                    })
+                    .collect(),
             }
         });
 
@@ -1028,6 +1272,7 @@ pub fn parse(
             user,
             after,
             ports,
+            listen,
             stop_signal,
             stop_timeout,
             critical: r.critical,
@@ -1197,6 +1442,8 @@ fn validate_values(errs: &mut Errors, settings: &Settings, entries: &[Entry]) {
                     ProbeKind::Exec(_) => "exec",
                     ProbeKind::Postgres(_) => "postgres",
                     ProbeKind::Redis(_) => "redis",
+                    ProbeKind::Log(_) => "log",
+                    ProbeKind::Notify(_) => "notify",
                 };
                 errs.at(here(k), format!("`{}`: {key}.{k}: {m}", e.name));
             }
@@ -1280,7 +1527,8 @@ fn probe_target(kind: &ProbeKind) -> Result<(), String> {
             Ok(())
         }
         ProbeKind::Http { .. } => Ok(()),
-        ProbeKind::Exec(_) => Ok(()),
+        // Checked where they are built (the regex compiles; notify has no target).
+        ProbeKind::Exec(_) | ProbeKind::Log(_) | ProbeKind::Notify(_) => Ok(()),
         ProbeKind::Postgres(dsn) => dsn
             .parse::<tokio_postgres::Config>()
             .map(|_| ())

@@ -56,6 +56,11 @@ pub enum ProbeKind {
     Exec(Vec<String>),
     Postgres(String),
     Redis(String),
+    /// Readiness only: a line of the entry's output matching this regex (src/notify.rs).
+    Log(String),
+    /// Readiness only: `READY=1` on `NOTIFY_SOCKET` (src/notify.rs); with a watchdog
+    /// interval, `WATCHDOG=1` must then come at least that often.
+    Notify(#[serde(with = "opt_secs")] Option<Duration>),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -122,6 +127,32 @@ pub struct Watch {
     pub mode: WatchMode,
     #[serde(with = "secs")]
     pub poll_interval: Duration,
+    /// What a change does when no rule of `on` matches its file (src/watch_actions.rs).
+    pub action: WatchAction,
+    /// Per path group: the first rule whose globs match a changed file decides its action.
+    pub on: Vec<WatchRule>,
+}
+
+/// What a watched change does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchAction {
+    /// Stop and start the entry (waits until it is ready again).
+    Restart,
+    /// Send this signal to the entry's main process (nginx: SIGHUP re-reads its config).
+    Signal(#[serde(serialize_with = "signal_name")] Signal),
+    /// Run this command in the entry's context (user, cwd, environment); no restart.
+    Exec(Vec<String>),
+    /// Re-run this step (its index and name), then reload what depends on it.
+    Run(usize, String),
+    /// Nothing (the app re-reads these files itself).
+    None,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchRule {
+    pub files: Vec<String>,
+    pub action: WatchAction,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -154,6 +185,8 @@ pub struct Entry {
     pub user: Option<User>,
     pub after: Vec<Dep>,
     pub ports: Vec<u16>,
+    /// Sockets the supervisor binds once and passes to every process (src/sockets.rs).
+    pub listen: Vec<std::net::SocketAddr>,
     #[serde(serialize_with = "signal_name")]
     pub stop_signal: Signal,
     #[serde(with = "secs")]

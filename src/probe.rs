@@ -1,20 +1,21 @@
 //! In-process probes: TCP connect, HTTP GET, exec, Postgres `SELECT 1`, Redis `PING`.
 
-use crate::plan::{Probe, ProbeKind};
+use crate::plan::{Entry, Probe, ProbeKind};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-/// One check, bounded by the probe's timeout. `Err` carries a short reason.
-pub async fn check(p: &Probe) -> Result<(), String> {
-    match tokio::time::timeout(p.timeout, check_once(&p.kind)).await {
+/// One check, bounded by the probe's timeout. `Err` carries a short reason. An exec probe
+/// runs in the context of `entry` when given: its user, cwd and environment.
+pub async fn check(p: &Probe, entry: Option<&Entry>) -> Result<(), String> {
+    match tokio::time::timeout(p.timeout, check_once(&p.kind, entry)).await {
         Ok(r) => r,
         Err(_) => Err(format!("timed out after {:?}", p.timeout)),
     }
 }
 
-async fn check_once(kind: &ProbeKind) -> Result<(), String> {
+async fn check_once(kind: &ProbeKind, entry: Option<&Entry>) -> Result<(), String> {
     match kind {
         ProbeKind::Tcp(addr) => TcpStream::connect(addr.as_str())
             .await
@@ -22,7 +23,16 @@ async fn check_once(kind: &ProbeKind) -> Result<(), String> {
             .map_err(|e| format!("tcp {addr}: {e}")),
         ProbeKind::Http { url, status, body } => http(url, *status, body.as_deref()).await,
         ProbeKind::Exec(argv) => {
-            let out = tokio::process::Command::new(&argv[0])
+            let mut cmd = tokio::process::Command::new(&argv[0]);
+            if let Some(e) = entry {
+                cmd.current_dir(&e.cwd)
+                    .env_clear()
+                    .envs(e.env.iter().map(|(k, v)| (k, v)));
+                if let Some(u) = &e.user {
+                    cmd.uid(u.uid).gid(u.gid);
+                }
+            }
+            let out = cmd
                 .args(&argv[1..])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
@@ -41,6 +51,9 @@ async fn check_once(kind: &ProbeKind) -> Result<(), String> {
                     String::from_utf8_lossy(&out.stderr).trim()
                 ))
             }
+        }
+        ProbeKind::Log(_) | ProbeKind::Notify(_) => {
+            Err("log and notify readiness are not polled (src/notify.rs)".into())
         }
         ProbeKind::Postgres(conn) => {
             let (client, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls)
@@ -120,11 +133,15 @@ async fn http(url: &str, want: Option<u16>, body: Option<&str>) -> Result<(), St
 
 /// Runs a readiness probe until it passes. Failures during `start_period` do not count;
 /// after it, `retries` consecutive failures give up. Returns the last error on give-up.
-pub async fn wait_ready(p: &Probe, on_result: impl Fn(&Result<(), String>)) -> Result<(), String> {
+pub async fn wait_ready(
+    p: &Probe,
+    entry: Option<&Entry>,
+    on_result: impl Fn(&Result<(), String>),
+) -> Result<(), String> {
     let started = Instant::now();
     let mut failures = 0;
     loop {
-        let r = check(p).await;
+        let r = check(p, entry).await;
         on_result(&r);
         match r {
             Ok(()) => return Ok(()),
@@ -153,12 +170,16 @@ fn ready_interval(elapsed: Duration, interval: Duration) -> Duration {
 }
 
 /// Runs a liveness probe forever; returns the error once `retries` consecutive checks fail.
-pub async fn watch_liveness(p: &Probe, on_result: impl Fn(&Result<(), String>)) -> String {
+pub async fn watch_liveness(
+    p: &Probe,
+    entry: Option<&Entry>,
+    on_result: impl Fn(&Result<(), String>),
+) -> String {
     tokio::time::sleep(p.start_period.min(Duration::from_secs(3600))).await;
     let mut failures = 0;
     loop {
         tokio::time::sleep(p.interval).await;
-        let r = check(p).await;
+        let r = check(p, entry).await;
         on_result(&r);
         match r {
             Ok(()) => failures = 0,
@@ -190,9 +211,9 @@ mod tests {
     async fn tcp_probe_passes_and_fails() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        assert!(check(&tcp(&addr)).await.is_ok());
+        assert!(check(&tcp(&addr), None).await.is_ok());
         drop(l);
-        let err = wait_ready(&tcp(&addr), |_| {}).await.unwrap_err();
+        let err = wait_ready(&tcp(&addr), None, |_| {}).await.unwrap_err();
         assert!(err.contains("tcp"), "{err}");
     }
 

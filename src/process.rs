@@ -61,8 +61,10 @@ impl ExitInfo {
 }
 
 /// Checks that every declared port is free (on all addresses and on loopback).
+/// A port the entry holds through `listen` (src/sockets.rs) is its own: not checked.
 pub fn check_ports(entry: &Entry) -> Result<(), String> {
-    for &port in &entry.ports {
+    let held = |p: u16| entry.listen.iter().any(|a| a.port() == p);
+    for &port in entry.ports.iter().filter(|&&p| !held(p)) {
         for addr in ["0.0.0.0", "127.0.0.1"] {
             if let Err(e) = std::net::TcpListener::bind((addr, port)) {
                 if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -78,13 +80,20 @@ pub fn check_ports(entry: &Entry) -> Result<(), String> {
 }
 
 /// Spawns the entry: own process group, default signal dispositions, empty mask, stdin
-/// from /dev/null, stdout/stderr piped, privileges dropped if `user` is set.
-pub fn spawn(entry: &Entry) -> std::io::Result<Child> {
+/// from /dev/null, stdout/stderr piped, privileges dropped if `user` is set; `listen` holds
+/// the entry's held sockets, passed as fds 3… by the systemd protocol (src/sockets.rs).
+/// `extra`: variables of this start only (`NOTIFY_SOCKET`).
+pub fn spawn(
+    entry: &Entry,
+    listen: Vec<std::os::fd::RawFd>,
+    extra: &[(String, String)],
+) -> std::io::Result<Child> {
     let mut cmd = Command::new(&entry.command[0]);
     cmd.args(&entry.command[1..])
         .current_dir(&entry.cwd)
         .env_clear()
         .envs(entry.env.iter().map(|(k, v)| (k, v)))
+        .envs(extra.iter().map(|(k, v)| (k, v)))
         .env(MARKER_ENV, marker(&entry.name))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -113,7 +122,43 @@ pub fn spawn(entry: &Entry) -> std::io::Result<Child> {
             });
         }
     }
+    if !listen.is_empty() {
+        let mut exec = socket_exec(entry, listen, extra)?;
+        // SAFETY: `exec_in_child` is async-signal-safe (fd syscalls, getpid, execve).
+        unsafe {
+            cmd.pre_exec(move || Err(exec.exec_in_child()));
+        }
+    }
     cmd.spawn()
+}
+
+/// The `execve` of an entry with held sockets, prepared before `fork`.
+fn socket_exec(
+    entry: &Entry,
+    fds: Vec<std::os::fd::RawFd>,
+    extra: &[(String, String)],
+) -> std::io::Result<crate::sockets::Exec> {
+    let path_var = entry
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    let not_found = || std::io::Error::from(std::io::ErrorKind::NotFound);
+    let path = crate::config::find_executable(&entry.command[0], &entry.cwd, path_var)
+        .ok_or_else(not_found)?;
+    let mut ours = crate::sockets::env(entry, fds.len());
+    ours.extend(extra.iter().cloned());
+    let mut env: Vec<(String, String)> = entry
+        .env
+        .iter()
+        .filter(|(k, _)| k != MARKER_ENV && !ours.iter().any(|(o, _)| o == k))
+        .cloned()
+        .collect();
+    env.push((MARKER_ENV.into(), marker(&entry.name)));
+    env.extend(ours);
+    crate::sockets::Exec::new(&path, &entry.command, &env, fds)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }
 
 /// Signals the whole group (and SIGCONT so a stopped group can act on it).
@@ -288,6 +333,15 @@ pub fn shim_pid() -> Option<i32> {
         std::env::var_os(crate::pid1::ROLE_ENV).map(|_| nix::unistd::getppid().as_raw())
     });
     shim.filter(|&p| p == nix::unistd::getppid().as_raw() && p != 0)
+}
+
+/// The entry's main process: the marked child of this supervisor.
+pub fn leader(marker: &str) -> Option<i32> {
+    let me = std::process::id() as i32;
+    all_procs()
+        .into_iter()
+        .find(|p| p.ppid == me && p.marker.as_deref() == Some(marker))
+        .map(|p| p.pid)
 }
 
 /// Marked processes of the entry outside its process group (escaped with `setsid()`).

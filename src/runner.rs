@@ -3,7 +3,7 @@
 //! belong to the supervisor (commands in, events out).
 
 use crate::logs::{pump, EntryLog, Output, Stream};
-use crate::plan::{Entry, Kind};
+use crate::plan::{Entry, Kind, ProbeKind};
 use crate::process::{self, ExitInfo};
 use nix::sys::signal::Signal;
 use std::sync::Arc;
@@ -21,6 +21,10 @@ pub enum RunnerCmd {
     },
     /// SIGKILL the group now (second SIGTERM, or shutdown budget exhausted).
     Kill,
+    /// No process is coming (failed, or stopped by request): close the held `listen` sockets so
+    /// a client is refused at once instead of waiting in a backlog nobody accepts from. The
+    /// next `Start` binds them again.
+    Release,
 }
 
 #[derive(Debug)]
@@ -72,6 +76,8 @@ pub struct Runner {
     pub out: Arc<Output>,
     pub events: mpsc::UnboundedSender<Event>,
     pub cmds: mpsc::UnboundedReceiver<RunnerCmd>,
+    /// The entry's `listen` sockets, held across restarts (and across a lost runner).
+    pub held: Arc<crate::sockets::Held>,
 }
 
 /// Spawns the runner of an entry under a watcher task: a panic in the runner (a bug) becomes
@@ -85,6 +91,7 @@ pub fn spawn_supervised(
 ) -> mpsc::UnboundedSender<RunnerCmd> {
     let (tx, mut cmds) = mpsc::unbounded_channel();
     let marker = process::marker(&entry.name);
+    let held = Arc::new(crate::sockets::Held::default());
     tokio::spawn(async move {
         loop {
             let runner = Runner {
@@ -95,6 +102,7 @@ pub fn spawn_supervised(
                 out: out.clone(),
                 events: events.clone(),
                 cmds,
+                held: held.clone(),
             };
             let err = match tokio::spawn(runner.run()).await {
                 Err(e) if e.is_panic() => e,
@@ -137,6 +145,7 @@ impl Runner {
                 RunnerCmd::Start => self.run_once().await,
                 RunnerCmd::Stop { .. } => self.send(EventKind::StopDone),
                 RunnerCmd::Kill => {}
+                RunnerCmd::Release => self.held.release(),
             }
         }
     }
@@ -146,7 +155,36 @@ impl Runner {
             self.send(EventKind::SpawnFailed(e));
             return;
         }
-        let mut child = match process::spawn(&self.entry) {
+        let listen = match self.held.fds(&self.entry) {
+            Ok(fds) => fds,
+            Err(e) => {
+                self.send(EventKind::SpawnFailed(e));
+                return;
+            }
+        };
+        let kind = self.entry.ready.as_ref().map(|p| &p.kind);
+        let notify = match kind {
+            Some(ProbeKind::Notify(_)) => match crate::notify::Notify::bind(&self.entry) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    self.send(EventKind::SpawnFailed(e));
+                    return;
+                }
+            },
+            _ => None,
+        };
+        let mut log_rx =
+            matches!(kind, Some(ProbeKind::Log(_))).then(|| crate::notify::subscribe(&self.log));
+        let watchdog = match kind {
+            Some(ProbeKind::Notify(Some(d))) => Some(*d),
+            _ => None,
+        };
+        let mut extra: Vec<_> = notify.iter().map(|n| n.env()).collect();
+        if let Some(d) = watchdog {
+            extra.push(("WATCHDOG_USEC".into(), d.as_micros().to_string()));
+        }
+        let (log, out) = (self.log.clone(), self.out.clone());
+        let mut child = match process::spawn(&self.entry, listen, &extra) {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("cannot start `{}`: {e}", self.entry.command.join(" "));
@@ -179,14 +217,25 @@ impl Runner {
         let is_longrun = entry.kind == Kind::Longrun;
         let ready = async {
             match (&entry.ready, is_longrun) {
-                (Some(p), true) => crate::probe::wait_ready(p, report).await,
+                (Some(p), true) => match (&p.kind, log_rx.take(), &notify) {
+                    (ProbeKind::Log(re), Some(rx), _) => {
+                        crate::notify::wait_log(rx, re, p.start_period).await
+                    }
+                    (ProbeKind::Notify(_), _, Some(n)) => n.ready(p.start_period, &log, &out).await,
+                    _ => crate::probe::wait_ready(p, Some(&entry), report).await,
+                },
                 (None, true) => Ok(()),
                 (_, false) => std::future::pending().await,
             }
         };
         let liveness = async {
+            if let (Some(d), Some(n)) = (watchdog, &notify) {
+                return n.watchdog(d).await;
+            }
             match &entry.liveness {
-                Some(p) if is_longrun => crate::probe::watch_liveness(p, report2).await,
+                Some(p) if is_longrun => {
+                    crate::probe::watch_liveness(p, Some(&entry), report2).await
+                }
                 _ => std::future::pending().await,
             }
         };
@@ -241,7 +290,7 @@ impl Runner {
                         break (exit, Cause::Stopped);
                     }
                     Some(RunnerCmd::Kill) => process::signal_group(pid, Signal::SIGKILL),
-                    Some(RunnerCmd::Start) => {}
+                    Some(RunnerCmd::Start | RunnerCmd::Release) => {}
                     None => {
                         let exit = self.stop(&mut child, pid, Instant::now() + entry.stop_timeout).await;
                         break (exit, Cause::Stopped);
@@ -372,7 +421,6 @@ fn unknown_exit() -> ExitInfo {
 mod tests {
     use super::*;
     use crate::logs::Format;
-    use crate::plan::ProbeKind;
 
     fn gone(pid: u32) -> bool {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -133,6 +133,8 @@ struct Rt {
     reload_waiters: Vec<oneshot::Sender<Result<(), String>>>,
     /// Failed while this dependency was not satisfied: started afresh once it is again.
     failed_while_unready: Option<String>,
+    /// Restarting after its own exit: its `restart_with` followers restart once it is ready.
+    crashed: bool,
 }
 
 enum Internal {
@@ -252,7 +254,31 @@ impl Supervisor {
             );
         }
         self.rt[i].state = Some(to);
+        // Held sockets close when no process is coming (a reload passes through Stopped with
+        // a restart due: its backlog must survive).
+        let no_process_coming =
+            to == State::Failed || (to == State::Stopped && !self.rt[i].restart_after_stop);
+        if no_process_coming && !self.entry(i).listen.is_empty() {
+            let _ = self.runners[i].send(RunnerCmd::Release);
+        }
         self.resolve_reloads(i, to);
+        if to == State::Ready && std::mem::take(&mut self.rt[i].crashed) {
+            self.restart_followers(i);
+        }
+    }
+
+    /// `restart_with` applies to every restart: after `i` restarted by itself (a crash), the
+    /// entries naming it restart too, as after a reload of it.
+    fn restart_followers(&mut self, i: usize) {
+        for t in crate::watch::cascade_targets(&self.plan, i) {
+            tracing::info!(
+                "{}: restarting with `{}` (it restarted after exiting)",
+                self.entry(t).name,
+                self.entry(i).name
+            );
+            let (reply, _) = oneshot::channel();
+            self.reload(t, 0, reply);
+        }
     }
 
     /// Runs until everything is stopped; returns the exit code.
@@ -749,6 +775,7 @@ impl Supervisor {
             .decide(&policy, success, uptime, Instant::now())
         {
             Decision::RestartAfter(d) => {
+                self.rt[i].crashed = true;
                 self.rt[i].reason = Some(match &reason {
                     Some(r) => format!("{r}; restarting in {d:?}"),
                     None => format!("exited with {}; restarting in {d:?}", exit.describe()),

@@ -310,6 +310,9 @@ pub struct TrainRecord {
     /// Entries reloaded after this one (dependents of a step, `restart_with`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cascade: Vec<Value>,
+    /// The watch actions the train ran, when not a plain restart (src/watch_actions.rs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -333,6 +336,8 @@ pub struct WatchState {
     cascaded: bool,
     paused: watch::Sender<bool>,
     info: Mutex<Info>,
+    /// Reload-loop detection (src/watch_actions.rs).
+    guard: Mutex<crate::watch_actions::LoopGuard>,
 }
 
 impl WatchState {
@@ -350,6 +355,7 @@ impl WatchState {
                     cascaded: targets.contains(&i),
                     paused: watch::channel(false).0,
                     info: Mutex::new(Info::default()),
+                    guard: Mutex::default(),
                 })
             })
             .collect()
@@ -357,6 +363,10 @@ impl WatchState {
 
     pub fn watched(&self) -> bool {
         self.watched
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, crate::watch_actions::LoopGuard> {
+        self.guard.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn info(&self) -> std::sync::MutexGuard<'_, Info> {
@@ -925,7 +935,16 @@ async fn reload_train(shared: Arc<Shared>, idx: usize, files: Vec<String>) {
         files.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
         if count > 3 { ", ..." } else { "" }
     );
-    let shown: Vec<String> = files.into_iter().take(KEEP_FILES).collect();
+    let shown: Vec<String> = files.iter().take(KEEP_FILES).cloned().collect();
+    if let Some(rec) = reload_loop(&shared, idx, &files) {
+        shared.watch[idx].record(rec);
+        return;
+    }
+    if let Some(rec) = Box::pin(other_actions(&shared, idx, &files)).await {
+        shared.watch[idx].record(rec);
+        shared.watch[idx].guard().end(std::time::SystemTime::now());
+        return;
+    }
     let mut rec = reload_one(&shared, idx, shown.clone(), count, None).await;
     let targets = cascade_targets(&shared.plan, idx);
     if rec.outcome == "failed" {
@@ -954,6 +973,121 @@ async fn reload_train(shared: Arc<Shared>, idx: usize, files: Vec<String>) {
         }
     }
     shared.watch[idx].record(rec);
+    shared.watch[idx].guard().end(std::time::SystemTime::now());
+}
+
+/// A train caused by the previous reloads themselves (src/watch_actions.rs `LoopGuard`):
+/// watching is paused and the record names the file.
+fn reload_loop(shared: &Shared, idx: usize, files: &[String]) -> Option<TrainRecord> {
+    let e = &shared.plan.entries[idx];
+    let roots = e
+        .watch
+        .as_ref()
+        .map(|w| w.paths.as_slice())
+        .unwrap_or_default();
+    let state = &shared.watch[idx];
+    let written = match state.guard().window() {
+        Some(w) => files
+            .iter()
+            .filter(|f| crate::watch_actions::modified_in(roots, f, w))
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    };
+    let looping = state.guard().start(written, std::time::SystemTime::now())?;
+    let file = looping.join("`, `");
+    let why = format!(
+        "reload loop: `{file}` changed during each of the last {} reloads (written by `{}` itself, by what it starts, or the supervisor's own output?); \
+         watching is paused: add it to the watch `ignore`, or resume with `dmp-contained resume {}`",
+        crate::watch_actions::LOOP_TRAINS,
+        e.name,
+        e.name
+    );
+    tracing::error!("{}: {why}", e.name);
+    state.paused.send_replace(true);
+    *state.guard() = Default::default();
+    Some(TrainRecord {
+        at: crate::logs::now_ms(),
+        files: files.iter().take(KEEP_FILES).cloned().collect(),
+        count: files.len(),
+        via: None,
+        duration_s: 0.0,
+        outcome: "failed".into(),
+        error: Some(why),
+        log_tail: vec![],
+        cascade: vec![],
+        action: Some("none".into()),
+    })
+}
+
+/// Runs the train's actions other than `restart` (src/watch_actions.rs). Returns their record
+/// when no restart follows, None when the entry restarts as before.
+async fn other_actions(shared: &Arc<Shared>, idx: usize, files: &[String]) -> Option<TrainRecord> {
+    use crate::plan::WatchAction;
+    let e = &shared.plan.entries[idx];
+    let acts = e
+        .watch
+        .as_ref()
+        .map(|w| crate::watch_actions::classify(w, files))
+        .unwrap_or_else(|| vec![WatchAction::Restart]);
+    if acts == [WatchAction::Restart] {
+        return None;
+    }
+    let (at, t0) = (crate::logs::now_ms(), Instant::now());
+    let mut errors = Vec::new();
+    let mut restart = false;
+    for a in &acts {
+        tracing::info!(
+            "{}: watch action {}",
+            e.name,
+            crate::watch_actions::describe(a)
+        );
+        let r = match a {
+            WatchAction::Run(step, _) => {
+                // The step's train reloads what depends on it (this entry too, if it does).
+                Box::pin(reload_train(shared.clone(), *step, files.to_vec())).await;
+                let held = shared.watch[*step]
+                    .info()
+                    .trains
+                    .back()
+                    .and_then(|t| t.error.clone());
+                held.map_or(Ok(()), Err)
+            }
+            WatchAction::Exec(argv) => crate::watch_actions::exec(e, argv).await,
+            WatchAction::Signal(sig) => crate::watch_actions::signal(e, *sig),
+            WatchAction::Restart => {
+                restart = !acts.iter().any(|a| matches!(a, WatchAction::Run(s, _) if cascade_targets(&shared.plan, *s).contains(&idx)));
+                Ok(())
+            }
+            WatchAction::None => Ok(()),
+        };
+        if let Err(err) = r {
+            tracing::warn!("{}: watch action failed: {err}", e.name);
+            errors.push(err);
+        }
+    }
+    if restart && errors.is_empty() {
+        return None;
+    }
+    Some(TrainRecord {
+        at,
+        files: files.iter().take(KEEP_FILES).cloned().collect(),
+        count: files.len(),
+        via: None,
+        duration_s: t0.elapsed().as_secs_f64(),
+        outcome: if errors.is_empty() { "done" } else { "failed" }.into(),
+        error: (!errors.is_empty()).then(|| errors.join("; ")),
+        log_tail: vec![],
+        cascade: vec![],
+        action: Some(if acts.is_empty() {
+            "none".into()
+        } else {
+            acts.iter()
+                .map(crate::watch_actions::describe)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }),
+    })
 }
 
 /// Reloads one entry and returns its record (also stored when it came `via` a cascade).
@@ -1007,6 +1141,7 @@ async fn reload_one(
         error,
         log_tail,
         cascade: vec![],
+        action: None,
     };
     if via.is_some() {
         state.info().reloading = false;

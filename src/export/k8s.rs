@@ -242,6 +242,11 @@ fn probe(p: &Probe, liveness: bool) -> Value {
         ProbeKind::Exec(argv) => json!({"exec": {"command": argv}}),
         ProbeKind::Postgres(dsn) => exec_probe(&["postgres", dsn]),
         ProbeKind::Redis(url) => exec_probe(&["redis", url]),
+        // Readiness the service reports itself (a log line, sd_notify) is seen only by the
+        // supervisor in that pod, which runs just this entry: its health is the entry's.
+        ProbeKind::Log(_) | ProbeKind::Notify(_) => {
+            json!({"exec": {"command": ["dmp-contained", "health"]}})
+        }
     };
     v["periodSeconds"] = json!(secs(p.interval));
     v["timeoutSeconds"] = json!(secs(p.timeout));

@@ -66,7 +66,7 @@ pub fn run(a: ProbeArgs) -> i32 {
         .expect("tokio runtime");
     let r = rt.block_on(async {
         if a.wait {
-            crate::probe::wait_ready(&p, |r| {
+            crate::probe::wait_ready(&p, None, |r| {
                 if let Err(e) = r {
                     // A closed stderr (the caller stopped reading) must not end the wait.
                     let _ = writeln!(std::io::stderr(), "waiting: {e}");
@@ -74,7 +74,7 @@ pub fn run(a: ProbeArgs) -> i32 {
             })
             .await
         } else {
-            crate::probe::check(&p).await
+            crate::probe::check(&p, None).await
         }
     });
     match r {
