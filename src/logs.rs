@@ -51,6 +51,14 @@ impl Output {
         })
     }
 
+    /// Service output to another writer (the progress block's terminal, src/progress.rs).
+    pub fn with_sink(format: Format, sink: Box<dyn Write + Send>) -> Arc<Output> {
+        Arc::new(Output {
+            format,
+            sink: Mutex::new(sink),
+        })
+    }
+
     fn write_batch(&self, buf: &[u8]) {
         let mut s = self.sink.lock().unwrap_or_else(|p| p.into_inner());
         let _ = s.write_all(buf);

@@ -16,10 +16,12 @@ mod pid1;
 mod plan;
 mod probe;
 mod process;
+mod progress;
 mod runner;
 mod state;
 mod supervisor;
 mod unavailable;
+mod wait;
 mod watch;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -78,6 +80,10 @@ enum Cmd {
         /// their loopback addresses become their service names.
         #[arg(long, conflicts_with_all = ["only", "without"])]
         as_service: Option<String>,
+        /// Start-up progress on stderr: a block redrawn in place (tty), lines on change
+        /// (plain), JSON lines (json) or nothing (quiet); auto = tty on a terminal.
+        #[arg(long, value_enum, default_value = "auto")]
+        progress: progress::Mode,
     },
     /// Validate the table and print the start plan by levels.
     Check {
@@ -142,6 +148,14 @@ enum Cmd {
         #[command(subcommand)]
         op: SnapshotOp,
     },
+    /// Block until entries (default: every required one) are ready/done; exit 0, 1 when one
+    /// failed, 124 on timeout (naming what still waits, with its reason and last log lines).
+    Wait {
+        names: Vec<String>,
+        /// `300`, `300s`, `5m`.
+        #[arg(long, default_value = "5m", value_parser = wait::parse_timeout)]
+        timeout: std::time::Duration,
+    },
     /// Stop the whole table gracefully.
     Shutdown,
     /// Write the table as a docker compose file or Kubernetes manifests, one container per entry.
@@ -186,6 +200,7 @@ fn main() {
         without: vec![],
         fresh: false,
         as_service: None,
+        progress: progress::Mode::Auto,
     });
     let code = match cmd {
         Cmd::Up {
@@ -194,6 +209,7 @@ fn main() {
             without,
             fresh,
             as_service,
+            progress,
         } => up(
             &cli.config,
             log_format,
@@ -201,6 +217,7 @@ fn main() {
             &without,
             fresh,
             as_service.as_deref(),
+            progress,
         ),
         Cmd::Check { json } => check(&cli.config, json),
         Cmd::Export { target } => match load(&cli.config) {
@@ -237,7 +254,7 @@ fn wants_up() -> bool {
 /// Every subcommand but `up` (kept in step with clap by a test).
 const CLIENT_SUBCOMMANDS: &[&str] = &[
     "check", "status", "health", "logs", "restart", "stop", "start", "pause", "resume", "run",
-    "cache", "snapshot", "shutdown", "export", "probe", "help",
+    "cache", "snapshot", "shutdown", "wait", "export", "probe", "help",
 ];
 
 fn load(config: &std::path::Path) -> Result<plan::Plan, i32> {
@@ -285,6 +302,26 @@ fn init_tracing(format: LogFormat) {
         LogFormat::Json => b.json().init(),
         LogFormat::Text => b.with_ansi(nix::unistd::isatty(2).unwrap_or(false)).init(),
     }
+}
+
+fn tty(fd: i32) -> bool {
+    nix::unistd::isatty(fd).unwrap_or(false)
+}
+
+/// TTY progress: the supervisor's own lines go above the block; only warnings by default
+/// (the block shows what `info` would), unless `DMP_CONTAINED_LOG` asks for more.
+fn init_tracing_tty(term: Arc<progress::Terminal>) {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = std::env::var("DMP_CONTAINED_LOG")
+        .ok()
+        .and_then(|l| l.trim().parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::WARN);
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(move || progress::TtySink(term.clone()))
+        .with_target(false)
+        .with_ansi(true)
+        .init();
 }
 
 fn cache_dir(config: &std::path::Path) -> Result<PathBuf, i32> {
@@ -378,8 +415,19 @@ fn up(
     without: &[String],
     fresh: bool,
     as_service: Option<&str>,
+    progress: progress::Mode,
 ) -> i32 {
-    init_tracing(format);
+    let progress = match progress {
+        progress::Mode::Auto if tty(1) && tty(2) => progress::Mode::Tty,
+        progress::Mode::Auto => progress::Mode::Plain,
+        m => m,
+    };
+    let term = (progress == progress::Mode::Tty)
+        .then(|| progress::Terminal::new(Box::new(std::io::stdout())));
+    match &term {
+        Some(t) => init_tracing_tty(t.clone()),
+        None => init_tracing(format),
+    }
     let plan = match load(config) {
         Ok(p) => p,
         Err(c) => return c,
@@ -445,9 +493,39 @@ fn up(
             },
             socket.display()
         );
-        let out = logs::Output::stdout(out_format);
+        let out = match &term {
+            Some(t) => logs::Output::with_sink(out_format, Box::new(progress::TtySink(t.clone()))),
+            None => logs::Output::stdout(out_format),
+        };
+        let url = format!(
+            "http://{}{}/",
+            tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            api::PREFIX
+        );
         let (mut sup, shared) = supervisor::Supervisor::new(plan, out);
         sup.set_fresh(fresh);
+        sup.set_ready_url(url);
+        let renderer = progress::Renderer::new(
+            progress,
+            shared
+                .plan
+                .entries
+                .iter()
+                .map(|e| {
+                    (
+                        e.name.clone(),
+                        !e.optional,
+                        e.after.iter().map(|d| d.idx).collect(),
+                    )
+                })
+                .collect(),
+        );
+        tokio::spawn(progress::run(
+            renderer,
+            shared.events.subscribe(),
+            std::time::Instant::now(),
+            term,
+        ));
         watch::spawn_all(&shared);
         let mut secrets = api::secret_values(&shared.plan);
         if let Some(t) = &token {
@@ -506,6 +584,7 @@ fn client(cmd: Cmd, config: &std::path::Path, socket: Option<&std::path::Path>) 
                 _ => unreachable!(),
             },
             Cmd::Shutdown => cli::shutdown(&c).await,
+            Cmd::Wait { names, timeout } => wait::wait(&c, &names, timeout).await,
             Cmd::Up { .. }
             | Cmd::Check { .. }
             | Cmd::Cache { .. }

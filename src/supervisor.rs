@@ -15,6 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 #[path = "supervisor_cache.rs"]
 mod cache_hooks;
+#[path = "supervisor_progress.rs"]
+mod progress_hooks;
 pub use cache_hooks::SnapOp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +102,8 @@ pub struct Shared {
     pub control: mpsc::Sender<Control>,
     /// Per-entry hot-reload status and pause switch (src/watch.rs).
     pub watch: Vec<Arc<crate::watch::WatchState>>,
+    /// State changes as they happen (src/progress.rs; `GET /_supervisor/events`).
+    pub events: tokio::sync::broadcast::Sender<crate::progress::Event>,
 }
 
 impl Shared {
@@ -133,6 +137,8 @@ struct Rt {
     reload_waiters: Vec<oneshot::Sender<Result<(), String>>>,
     /// Failed while this dependency was not satisfied: started afresh once it is again.
     failed_while_unready: Option<String>,
+    /// Start-up span (seconds since the supervisor started): first left `waiting`, first ready.
+    span: crate::progress::Span,
 }
 
 enum Internal {
@@ -160,6 +166,15 @@ pub struct Supervisor {
     /// The init shim's stop plan file (`DMP_CONTAINED_STOP_PLAN`) and what it holds.
     stop_plan: Option<std::path::PathBuf>,
     stop_plan_written: String,
+    progress: ProgressCtl,
+}
+
+/// The loop's side of src/progress.rs: the broadcast and whether the stack was ready yet.
+struct ProgressCtl {
+    tx: tokio::sync::broadcast::Sender<crate::progress::Event>,
+    seq: u64,
+    ready_announced: bool,
+    url: String,
 }
 
 /// A second SIGTERM/SIGINT means "kill now" only when it comes after this window.
@@ -189,17 +204,24 @@ impl Supervisor {
             .collect();
         let started = Instant::now();
         let watch = crate::watch::WatchState::for_plan(&plan);
+        let (events, _) = tokio::sync::broadcast::channel(1024);
         let shared = Arc::new(Shared {
             plan: plan.clone(),
             logs: logs.clone(),
             control: ctl_tx,
             watch: watch.clone(),
+            events: events.clone(),
         });
         let rt = plan
             .entries
             .iter()
-            .map(|_| Rt {
+            .map(|e| Rt {
                 state: Some(State::Waiting),
+                span: crate::progress::Span {
+                    name: e.name.clone(),
+                    after: e.after.iter().map(|d| d.idx).collect(),
+                    ..Default::default()
+                },
                 ..Rt::default()
             })
             .collect();
@@ -223,6 +245,12 @@ impl Supervisor {
             cache,
             stop_plan: std::env::var_os(crate::pid1::STOP_PLAN_ENV).map(Into::into),
             stop_plan_written: String::new(),
+            progress: ProgressCtl {
+                tx: events,
+                seq: 0,
+                ready_announced: false,
+                url: String::new(),
+            },
         };
         (sup, shared)
     }
@@ -253,6 +281,7 @@ impl Supervisor {
         }
         self.rt[i].state = Some(to);
         self.resolve_reloads(i, to);
+        self.on_transition(i, from, to);
     }
 
     /// Runs until everything is stopped; returns the exit code.
@@ -961,7 +990,10 @@ impl Supervisor {
         } else {
             "starting"
         };
+        let progress = self.progress_status();
         json!({
+            "event_seq": progress["event_seq"],
+            "critical_path": progress["critical_path"],
             "supervisor": {
                 "version": env!("CARGO_PKG_VERSION"),
                 "pid": std::process::id(),
@@ -989,8 +1021,11 @@ impl Supervisor {
                 (k.clone(), Value::String(shown))
             })
             .collect();
+        let (waited_s, duration_s) = self.span_status(i);
         json!({
             "name": e.name,
+            "waited_s": waited_s,
+            "duration_s": duration_s,
             "kind": e.kind,
             "state": s,
             "pid": r.pid,
