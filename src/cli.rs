@@ -115,6 +115,13 @@ pub async fn status(c: &Client, as_json: bool, all: bool) -> i32 {
             skipped.join(", ")
         );
     }
+    if let Ok(path) =
+        serde_json::from_value::<Vec<crate::progress::Link>>(v["critical_path"].clone())
+    {
+        if !path.is_empty() {
+            println!("critical path: {}", crate::progress::path_text(&path));
+        }
+    }
     0
 }
 

@@ -158,6 +158,8 @@ struct Row {
     last_line: Option<String>,
     required: bool,
     after: Vec<usize>,
+    /// How long the last state before a settled one lasted (ready/done: how long it took).
+    took_s: Option<f64>,
     /// Plain mode: when the last "waiting:" line was printed for the current wait.
     noticed_s: Option<f64>,
 }
@@ -182,6 +184,7 @@ impl Renderer {
                 last_line: None,
                 required,
                 after,
+                took_s: None,
                 noticed_s: None,
             })
             .collect();
@@ -230,6 +233,7 @@ impl Renderer {
                 let Some(r) = self.rows.iter_mut().find(|r| &r.name == name) else {
                     return String::new();
                 };
+                r.took_s = Some(*t_s - r.since_s);
                 r.state = *to;
                 r.since_s = *t_s;
                 r.reason = reason.clone();
@@ -344,7 +348,11 @@ impl Renderer {
                 " {mark} {:<width$}  {:<8} {:>6}",
                 r.name,
                 crate::supervisor::state_name(r.state),
-                secs((now_s - r.since_s).max(0.0))
+                secs(if r.state.is_active() || r.state == State::Waiting {
+                    (now_s - r.since_s).max(0.0)
+                } else {
+                    r.took_s.unwrap_or(0.0).max(0.0)
+                })
             );
             if r.state == State::Waiting {
                 if let Some(b) =

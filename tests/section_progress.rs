@@ -1,0 +1,233 @@
+//! Start-up progress, the ready line and critical path, the event stream and `wait`, on the
+//! real binary (and in tmux for the TTY block).
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+const CHAIN: &str = r#"
+[step.a]
+command = "sleep 0.3"
+[step.b]
+command = "sleep 0.6"
+after = ["a"]
+[process.c]
+command = "exec sleep 60"
+after = ["b"]
+[step.side]
+command = "sleep 0.1"
+"#;
+
+#[test]
+fn critical_path_of_a_chain_of_sleeps() {
+    let s = Sup::start_args(CHAIN, &["--progress", "plain"]);
+    s.wait_state("c", "ready", Duration::from_secs(10));
+    let st = wait_for("the critical path", Duration::from_secs(5), || {
+        let st = s.status();
+        (st["critical_path"].as_array()?.len() == 3).then_some(st)
+    });
+    let path = st["critical_path"].as_array().unwrap();
+    let names: Vec<&str> = path.iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a", "b", "c"], "{st}");
+    let d = |i: usize| path[i]["duration_s"].as_f64().unwrap();
+    assert!((0.3..0.6).contains(&d(0)), "{st}");
+    assert!((0.6..0.9).contains(&d(1)), "{st}");
+    assert!(d(2) < 0.2, "{st}");
+    // Each entry's own span: b waited for a, then ran 0.6 s.
+    let b = s.entry("b");
+    assert!(b["waited_s"].as_f64().unwrap() >= 0.3, "{b}");
+    assert!(
+        (0.6..0.9).contains(&b["duration_s"].as_f64().unwrap()),
+        "{b}"
+    );
+    // The ready line, once, on stderr; and the status command shows the path.
+    let err = wait_for("the ready line", Duration::from_secs(5), || {
+        let e = s.stderr_text();
+        e.contains("stack ready in").then_some(e)
+    });
+    assert_eq!(err.matches("stack ready in").count(), 1, "{err}");
+    assert!(
+        err.contains("critical path: a 0.3 s → b 0.6 s → c"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("open http://127.0.0.1:{}/_supervisor/", s.port)),
+        "{err}"
+    );
+    let out = s.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("critical path: a "), "{text}");
+}
+
+/// Plain progress lines, times normalised: one line per change, in order, then the ready line.
+#[test]
+fn plain_progress_golden() {
+    let s = Sup::start_args(
+        r#"
+[step.a]
+command = "true"
+[process.c]
+command = "exec sleep 60"
+after = ["a"]
+"#,
+        &["--progress", "plain"],
+    );
+    s.wait_state("c", "ready", Duration::from_secs(10));
+    let err = wait_for("the ready line", Duration::from_secs(5), || {
+        let e = s.stderr_text();
+        e.contains("stack ready in").then_some(e)
+    });
+    let time = regex::Regex::new(r"\d+(\.\d+)? s\b").unwrap();
+    let lines: Vec<String> = err
+        .lines()
+        .filter(|l| l.starts_with('[') || l.starts_with("stack ready"))
+        .map(|l| {
+            time.replace_all(l, "T s")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let port = s.port;
+    assert_eq!(
+        lines,
+        [
+            "[0/2] T s a: running".to_string(),
+            "[1/2] T s a: done".into(),
+            "[1/2] T s c: starting".into(),
+            "[2/2] T s c: ready".into(),
+            format!("stack ready in T s; critical path: a T s → c T s; 0 steps cached; open http://127.0.0.1:{port}/_supervisor/"),
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn wait_exit_codes_and_messages() {
+    let port = free_port();
+    let s = Sup::start_args(
+        &format!(
+            r#"
+[process.slow]
+command = "sleep 1; exec python3 -m http.server --bind 127.0.0.1 {port}"
+ready = {{ tcp = "127.0.0.1:{port}", interval = "50ms" }}
+[step.broken]
+command = "echo 'FATAL: the disk is full'; exit 3"
+optional = true
+[process.never]
+command = "exec sleep 60"
+ready = {{ tcp = "127.0.0.1:1", interval = "100ms" }}
+optional = true
+"#
+        ),
+        &["--progress", "quiet"],
+    );
+    // Success: blocks until slow is ready (about 1 s), printing progress.
+    let t = std::time::Instant::now();
+    let out = s.cli(&["wait", "--timeout", "30", "slow"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("ready: slow"), "{err}");
+    assert_eq!(s.state("slow"), "ready");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    // Failure: names the entry, its reason and its last log lines.
+    let out = s.cli(&["wait", "broken"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("failed: broken (failed)"), "{err}");
+    assert!(err.contains("FATAL: the disk is full"), "{err}");
+    // Timeout: 124, naming what still waits and why.
+    let t = std::time::Instant::now();
+    let out = s.cli(&["wait", "--timeout", "1s", "never", "slow"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(124), "{err}");
+    assert!(
+        err.contains("timed out after 1s: not ready: never"),
+        "{err}"
+    );
+    assert!(err.contains("still waiting: never (starting)"), "{err}");
+    assert!(t.elapsed() >= Duration::from_secs(1) && t.elapsed() < Duration::from_secs(5));
+    // Unknown entry.
+    let out = s.cli(&["wait", "nope"]);
+    assert_eq!(out.status.code(), Some(4));
+    // Default: every required entry (slow).
+    let out = s.cli(&["wait"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `wait` started before the supervisor reached ready follows the event stream to the end.
+#[test]
+fn wait_follows_the_event_stream() {
+    let s = Sup::start_args(CHAIN, &["--progress", "quiet"]);
+    let out = s.cli(&["wait", "--timeout", "20", "c"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("c: ready") || err.contains("ready: c"),
+        "{err}"
+    );
+    assert_eq!(s.state("c"), "ready");
+}
+
+/// In a real terminal (tmux), the block is redrawn in place and the ready line stays.
+#[test]
+fn tty_block_in_tmux() {
+    if !require(&[Need::Bin("tmux")]) {
+        return;
+    }
+    let (dir, _port, config) = table(CHAIN);
+    let session = format!("dmp-progress-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &session])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let cmd = format!("{BIN} up --config {} ; sleep 60", config.display());
+    let out = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "160",
+        "-y",
+        "40",
+        &cmd,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let screen = wait_for(
+        "the ready line in the pane",
+        Duration::from_secs(20),
+        || {
+            let o = tmux(&["capture-pane", "-p", "-t", &session]);
+            let text = String::from_utf8_lossy(&o.stdout).to_string();
+            text.contains("stack ready in").then_some(text)
+        },
+    );
+    let _ = tmux(&["kill-server"]);
+    drop(dir);
+    assert!(screen.contains("[4/4 ready]"), "{screen}");
+    assert_eq!(
+        screen.matches("[4/4 ready]").count(),
+        1,
+        "redrawn in place:\n{screen}"
+    );
+    assert!(
+        !screen.contains("[0/4 ready]"),
+        "redrawn in place:\n{screen}"
+    );
+    for line in [" ✔ a ", " ✔ b ", " ✔ c ", " ✔ side "] {
+        assert!(screen.contains(line), "{line}\n{screen}");
+    }
+    assert!(screen.contains("critical path: a "), "{screen}");
+    // A finished entry shows how long it took: b slept 0.6 s.
+    let b = screen.lines().find(|l| l.contains(" ✔ b ")).unwrap();
+    assert!(b.contains("0.6 s") || b.contains("0.7 s"), "{screen}");
+}
