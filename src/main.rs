@@ -12,6 +12,7 @@ mod export;
 mod graph;
 mod interp;
 mod logs;
+mod logview;
 mod pid1;
 mod plan;
 mod probe;
@@ -101,13 +102,22 @@ enum Cmd {
     },
     /// Exit 0 when every required entry is ready/done, 1 otherwise (for HEALTHCHECK).
     Health,
-    /// Print an entry's recent log lines.
+    /// Print entries' recent log lines (no names: every entry, interleaved by time).
     Logs {
         #[arg(short, long)]
         follow: bool,
+        /// Lines per entry (from the in-memory ring).
         #[arg(long, default_value_t = 100)]
         tail: usize,
-        #[arg(required = true)]
+        /// Only lines newer than this (`10m`, `90s`, `1h`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Prefix each line with its capture time (RFC 3339, UTC).
+        #[arg(short = 't', long)]
+        timestamps: bool,
+        /// Only lines matching this regular expression.
+        #[arg(long)]
+        grep: Option<regex::Regex>,
         names: Vec<String>,
     },
     /// Restart entries (a oneshot runs again).
@@ -570,8 +580,14 @@ fn client(cmd: Cmd, config: &std::path::Path, socket: Option<&std::path::Path>) 
             Cmd::Logs {
                 follow,
                 tail,
+                since,
+                timestamps,
+                grep,
                 names,
-            } => cli::logs(&c, &names, follow, tail).await,
+            } => {
+                let f = logview::Filter::new(since, grep, timestamps);
+                logview::logs(&c, &names, follow, tail, f).await
+            }
             Cmd::Restart { names } => cli::act(&c, "restart", &names).await,
             Cmd::Stop { names } => cli::act(&c, "stop", &names).await,
             Cmd::Start { names } => cli::act(&c, "start", &names).await,

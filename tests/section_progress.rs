@@ -231,3 +231,47 @@ fn tty_block_in_tmux() {
     let b = screen.lines().find(|l| l.contains(" ✔ b ")).unwrap();
     assert!(b.contains("0.6 s") || b.contains("0.7 s"), "{screen}");
 }
+
+/// `logs` with no names interleaves every entry; `--grep`, `-t` and `--since` filter/annotate.
+#[test]
+fn logs_all_entries_grep_since_timestamps() {
+    let s = Sup::start_args(
+        r#"
+[process.one]
+command = "echo 'one: old line'; sleep 2; echo 'one: new error'; exec sleep 60"
+[process.two]
+command = "echo 'two: hello'; exec sleep 60"
+"#,
+        &["--progress", "quiet"],
+    );
+    s.wait_stdout(&["one | one: new error"], Duration::from_secs(10));
+    let run = |args: &[&str]| {
+        let o = s.cli(args);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let since = run(&["logs", "--since", "1500ms"]);
+    assert!(since.contains("one | one: new error"), "{since}");
+    assert!(
+        !since.contains("old line") && !since.contains("two: hello"),
+        "{since}"
+    );
+    let all = run(&["logs"]);
+    let pos = |t: &str| all.find(t).unwrap_or_else(|| panic!("{t} in {all}"));
+    assert!(
+        pos("one | one: old line") < pos("one | one: new error"),
+        "{all}"
+    );
+    assert!(
+        pos("two | two: hello") < pos("one | one: new error"),
+        "{all}"
+    );
+    let grep = run(&["logs", "--grep", "err(or)?$", "-t"]);
+    let re = regex::Regex::new(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z one \| one: new error\n$")
+        .unwrap();
+    assert!(re.is_match(&grep), "{grep:?}");
+    // One name: no prefix, as before.
+    assert_eq!(run(&["logs", "two"]), "two: hello\n");
+    let bad = s.cli(&["logs", "--grep", "("]);
+    assert_eq!(bad.status.code(), Some(2));
+}
