@@ -11,6 +11,7 @@ mod config;
 mod export;
 mod graph;
 mod interp;
+mod logfile;
 mod logs;
 mod logview;
 mod pid1;
@@ -512,7 +513,22 @@ fn up(
             tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             api::PREFIX
         );
+        let log_files = plan.settings.log_dir.clone();
         let (mut sup, shared) = supervisor::Supervisor::new(plan, out);
+        if let Some(dir) = log_files {
+            let s = &shared.plan.settings;
+            for log in &shared.logs {
+                match logfile::LogFile::open(&dir, &log.name, s.log_max_size, s.log_max_files) {
+                    Ok(f) => {
+                        let _ = log.file.set(f);
+                    }
+                    Err(e) => {
+                        eprintln!("error: log_dir {}: {e}", dir.display());
+                        return EXIT_CONFIG;
+                    }
+                }
+            }
+        }
         sup.set_fresh(fresh);
         sup.set_ready_url(url);
         let renderer = progress::Renderer::new(

@@ -275,3 +275,65 @@ command = "echo 'two: hello'; exec sleep 60"
     let bad = s.cli(&["logs", "--grep", "("]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// `log_dir` keeps a file per entry, rotated by size, `log_max_files` kept.
+#[test]
+fn log_files_rotate_by_size() {
+    let (dir, port, config) = table_with(
+        r#"
+[process.chatty]
+command = "for i in $(seq 1 40); do echo \"line number $i padded\"; done; echo finished; exec sleep 60"
+"#,
+        "log_dir = \"logs\"\nlog_max_size = \"1K\"\nlog_max_files = 3\n",
+    );
+    let s = Sup::spawn(dir, port, config, &["--progress", "quiet"], &[]);
+    s.wait_stdout(&["chatty | finished"], Duration::from_secs(10));
+    let logs = s.path("logs");
+    let read = |n: &str| std::fs::read_to_string(logs.join(n)).unwrap_or_default();
+    let cur = wait_for("the last line in the file", Duration::from_secs(5), || {
+        let t = read("chatty.log");
+        t.contains("finished").then_some(t)
+    });
+    // 41 lines of ~45 bytes (timestamp + text) = ~1.8 KiB: one rotation, two files.
+    let old = read("chatty.log.1");
+    assert!(
+        !old.is_empty(),
+        "{:?}",
+        std::fs::read_dir(&logs).unwrap().collect::<Vec<_>>()
+    );
+    assert!(!logs.join("chatty.log.2").exists());
+    for f in [&cur, &old] {
+        assert!(f.len() <= 1024, "{f}");
+    }
+    assert!(
+        old.starts_with(|c: char| c.is_ascii_digit()) && old.contains("Z line number 1 padded\n"),
+        "{old}"
+    );
+    let all = old.clone() + &cur;
+    for i in 1..=40 {
+        assert_eq!(
+            all.matches(&format!(" line number {i} padded\n")).count(),
+            1,
+            "{all}"
+        );
+    }
+}
+
+#[test]
+fn bad_log_max_size_is_a_config_error() {
+    let (_dir, _port, config) = table_with(
+        "[process.x]\ncommand = \"sleep 1\"\n",
+        "log_dir = \"logs\"\nlog_max_size = \"5T\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("log_max_size") && err.contains("unknown size unit"),
+        "{err}"
+    );
+}
