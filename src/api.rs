@@ -120,6 +120,7 @@ impl Api {
                 crate::unavailable::respond(self, name, uri, as_json).await
             }
             (&Method::GET, ["metrics"]) => self.metrics().await,
+            (&Method::GET, ["events"]) => self.events(),
             (&Method::GET, ["logs", name]) => self.logs(name, &query),
             (&Method::POST, ["entries", name, action]) | (&Method::POST, [action, name])
                 if action.parse::<Action>().is_ok() =>
@@ -297,6 +298,29 @@ impl Api {
         Response::builder()
             .status(StatusCode::OK)
             .header("content-type", ctype)
+            .header("cache-control", "no-store")
+            .header("x-accel-buffering", "no")
+            .body(http_body_util::Either::Right(ChannelBody {
+                rx: body_rx,
+                first: None,
+            }))
+            .unwrap()
+    }
+
+    /// `GET /_supervisor/events`: state changes as NDJSON, from now on (src/progress.rs).
+    fn events(&self) -> Resp {
+        let rx = self.shared.events.subscribe();
+        let (tx, body_rx) = mpsc::channel::<Bytes>(64);
+        let secrets: Vec<Vec<String>> = self.secrets.clone();
+        let plan = self.shared.plan.clone();
+        tokio::spawn(crate::progress::pump_events(rx, tx, move |name, text| {
+            let s = plan.index(name).map(|i| &secrets[i]);
+            let s: Vec<&str> = s.into_iter().flatten().map(String::as_str).collect();
+            scrub(text, &s)
+        }));
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/x-ndjson")
             .header("cache-control", "no-store")
             .header("x-accel-buffering", "no")
             .body(http_body_util::Either::Right(ChannelBody {

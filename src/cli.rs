@@ -4,7 +4,6 @@ use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use std::io::Write;
 use std::path::Path;
 
 /// Exit codes for scripts: 0 ok, 1 the answer was negative (unhealthy, action refused),
@@ -115,6 +114,13 @@ pub async fn status(c: &Client, as_json: bool, all: bool) -> i32 {
             skipped.len(),
             skipped.join(", ")
         );
+    }
+    if let Ok(path) =
+        serde_json::from_value::<Vec<crate::progress::Link>>(v["critical_path"].clone())
+    {
+        if !path.is_empty() {
+            println!("critical path: {}", crate::progress::path_text(&path));
+        }
     }
     0
 }
@@ -231,87 +237,6 @@ pub async fn shutdown(c: &Client) -> i32 {
     }
 }
 
-pub async fn logs(c: &Client, names: &[String], follow: bool, tail: usize) -> i32 {
-    let multi = names.len() > 1;
-    // Open every stream first, so an unknown name fails before anything is printed.
-    let mut bodies = Vec::new();
-    for n in names {
-        let path = format!(
-            "/logs/{}?tail={tail}{}",
-            urlencode(n),
-            if follow { "&follow=1" } else { "" }
-        );
-        let r = match c.request("GET", &path).await {
-            Ok(r) => r,
-            Err(e) => return unreachable(e),
-        };
-        match r.status {
-            200 => {}
-            404 => {
-                eprintln!("error: unknown entry `{n}`");
-                return EXIT_UNKNOWN;
-            }
-            code => {
-                let s = body_string(r.body).await;
-                let v = serde_json::from_str(&s).unwrap_or(Value::String(s));
-                return refused(code, &v);
-            }
-        }
-        let prefix = if multi {
-            format!("{n} | ")
-        } else {
-            String::new()
-        };
-        bodies.push((prefix, r.body));
-    }
-    let copy = |prefix: String, mut body: hyper::body::Incoming| async move {
-        let mut pending = Vec::new();
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Some(d) = frame.data_ref() {
-                pending.extend_from_slice(d);
-                let mut out = std::io::stdout().lock();
-                let mut chunk = Vec::with_capacity(pending.len() + 64);
-                let mut used = 0;
-                while let Some(i) = memchr::memchr(b'\n', &pending[used..]) {
-                    chunk.extend_from_slice(prefix.as_bytes());
-                    chunk.extend_from_slice(&pending[used..=used + i]);
-                    used += i + 1;
-                }
-                pending.drain(..used);
-                // A closed stdout (`| head`) ends the command instead of streaming forever.
-                if out.write_all(&chunk).and_then(|_| out.flush()).is_err() {
-                    return false;
-                }
-            }
-        }
-        if !pending.is_empty() {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(prefix.as_bytes());
-            let _ = out.write_all(&pending);
-            let _ = out.write_all(b"\n");
-        }
-        true
-    };
-    if follow {
-        let tasks: Vec<_> = bodies
-            .into_iter()
-            .map(|(p, b)| tokio::spawn(copy(p, b)))
-            .collect();
-        for t in tasks {
-            if let Ok(false) = t.await {
-                return 0;
-            }
-        }
-    } else {
-        for (p, b) in bodies {
-            if !copy(p, b).await {
-                return 0;
-            }
-        }
-    }
-    0
-}
-
 /// The supervisor answered, but no: print its message, exit 1.
 fn refused(status: u16, v: &Value) -> i32 {
     let msg = v["error"]
@@ -327,7 +252,7 @@ fn unreachable(e: String) -> i32 {
     EXIT_UNREACHABLE
 }
 
-fn urlencode(s: &str) -> String {
+pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),

@@ -69,6 +69,17 @@ struct RawSettings {
     cache_dir: Option<String>,
     shutdown_timeout: Option<String>,
     log_lines: Option<usize>,
+    log_dir: Option<String>,
+    log_max_size: Option<RawSize>,
+    log_max_files: Option<usize>,
+}
+
+/// `log_max_size`: bytes, or a string with a unit (`"10M"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -605,6 +616,23 @@ pub fn parse(
             Duration::from_secs(9),
         ),
         log_lines: settings_raw.log_lines.unwrap_or(1000).max(1),
+        log_dir: settings_raw
+            .log_dir
+            .as_deref()
+            .map(|d| resolve(&base, &x(&mut errs, &sup_span, "log_dir", d))),
+        log_max_size: match &settings_raw.log_max_size {
+            None => 10 << 20,
+            Some(RawSize::Bytes(n)) if *n > 0 => *n,
+            Some(RawSize::Bytes(_)) => {
+                errs.key(&sup_span, "log_max_size", "log_max_size must be above 0");
+                1
+            }
+            Some(RawSize::Text(t)) => crate::logfile::parse_size(t).unwrap_or_else(|e| {
+                errs.key(&sup_span, "log_max_size", format!("log_max_size: {e}"));
+                1
+            }),
+        },
+        log_max_files: settings_raw.log_max_files.unwrap_or(5).max(1),
     };
 
     let mut templates = Vec::new();

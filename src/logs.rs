@@ -227,6 +227,8 @@ pub struct EntryLog {
     /// One message per captured batch (one pipe read), so a burst of many short lines cannot
     /// overrun followers that keep up.
     tx: broadcast::Sender<Batch>,
+    /// `log_dir`: the entry's rotated log file (src/logfile.rs), set once at start.
+    pub file: std::sync::OnceLock<crate::logfile::LogFile>,
 }
 
 /// Lines captured together (one pipe read), in order: one allocation for all their text,
@@ -384,6 +386,7 @@ impl EntryLog {
             // Batches, not lines; followers drain it continuously into their own buffers. Every
             // slot is allocated up front, so keep it small.
             tx: broadcast::channel(FOLLOW_BATCHES).0,
+            file: std::sync::OnceLock::new(),
         })
     }
 
@@ -436,6 +439,9 @@ impl EntryLog {
             let _ = self.tx.send(chunk.clone());
         }
         drop(r);
+        if let Some(f) = self.file.get() {
+            f.append(chunk.ts, (0..chunk.len()).map(|i| chunk.text(i)));
+        }
         Some(chunk)
     }
 

@@ -11,18 +11,22 @@ mod config;
 mod export;
 mod graph;
 mod interp;
+mod logfile;
 mod logs;
+mod logview;
 mod notify;
 mod pid1;
 mod plan;
 mod probe;
 mod process;
+mod progress;
 mod redact;
 mod runner;
 mod sockets;
 mod state;
 mod supervisor;
 mod unavailable;
+mod wait;
 mod watch;
 mod watch_actions;
 
@@ -82,6 +86,10 @@ enum Cmd {
         /// their loopback addresses become their service names.
         #[arg(long, conflicts_with_all = ["only", "without"])]
         as_service: Option<String>,
+        /// Start-up progress on stderr: a block redrawn in place (tty), lines on change
+        /// (plain), JSON lines (json) or nothing (quiet); auto = tty on a terminal.
+        #[arg(long, value_enum, default_value = "auto")]
+        progress: progress::Mode,
     },
     /// Validate the table and print the start plan by levels.
     Check {
@@ -99,13 +107,22 @@ enum Cmd {
     },
     /// Exit 0 when every required entry is ready/done, 1 otherwise (for HEALTHCHECK).
     Health,
-    /// Print an entry's recent log lines.
+    /// Print entries' recent log lines (no names: every entry, interleaved by time).
     Logs {
         #[arg(short, long)]
         follow: bool,
+        /// Lines per entry (from the in-memory ring).
         #[arg(long, default_value_t = 100)]
         tail: usize,
-        #[arg(required = true)]
+        /// Only lines newer than this (`10m`, `90s`, `1h`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Prefix each line with its capture time (RFC 3339, UTC).
+        #[arg(short = 't', long)]
+        timestamps: bool,
+        /// Only lines matching this regular expression.
+        #[arg(long)]
+        grep: Option<regex::Regex>,
         names: Vec<String>,
     },
     /// Restart entries (a oneshot runs again).
@@ -145,6 +162,14 @@ enum Cmd {
     Snapshot {
         #[command(subcommand)]
         op: SnapshotOp,
+    },
+    /// Block until entries (default: every required one) are ready/done; exit 0, 1 when one
+    /// failed, 124 on timeout (naming what still waits, with its reason and last log lines).
+    Wait {
+        names: Vec<String>,
+        /// `300`, `300s`, `5m`.
+        #[arg(long, default_value = "5m", value_parser = wait::parse_timeout)]
+        timeout: std::time::Duration,
     },
     /// Stop the whole table gracefully.
     Shutdown,
@@ -190,6 +215,7 @@ fn main() {
         without: vec![],
         fresh: false,
         as_service: None,
+        progress: progress::Mode::Auto,
     });
     let code = match cmd {
         Cmd::Up {
@@ -198,6 +224,7 @@ fn main() {
             without,
             fresh,
             as_service,
+            progress,
         } => up(
             &cli.config,
             log_format,
@@ -205,6 +232,7 @@ fn main() {
             &without,
             fresh,
             as_service.as_deref(),
+            progress,
         ),
         Cmd::Check { json } => check(&cli.config, json),
         Cmd::Export { target } => match load(&cli.config) {
@@ -241,7 +269,7 @@ fn wants_up() -> bool {
 /// Every subcommand but `up` (kept in step with clap by a test).
 const CLIENT_SUBCOMMANDS: &[&str] = &[
     "check", "status", "health", "logs", "restart", "stop", "start", "pause", "resume", "run",
-    "cache", "snapshot", "shutdown", "export", "probe", "help",
+    "cache", "snapshot", "shutdown", "wait", "export", "probe", "help",
 ];
 
 fn load(config: &std::path::Path) -> Result<plan::Plan, i32> {
@@ -297,6 +325,33 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         LogFormat::Json => b.json().init(),
         LogFormat::Text => b.with_ansi(nix::unistd::isatty(2).unwrap_or(false)).init(),
     }
+    guard
+}
+
+fn tty(fd: i32) -> bool {
+    nix::unistd::isatty(fd).unwrap_or(false)
+}
+
+/// TTY progress: the supervisor's own lines go above the block; only warnings by default
+/// (the block shows what `info` would), unless `DMP_CONTAINED_LOG` asks for more. Redacted and
+/// through a thread of their own, like `init_tracing`.
+fn init_tracing_tty(term: Arc<progress::Terminal>) -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = std::env::var("DMP_CONTAINED_LOG")
+        .ok()
+        .and_then(|l| l.trim().parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::WARN);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(4096)
+        .thread_name("stderr")
+        .finish(redact::Writer(progress::TtySink(term)));
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(writer)
+        .with_target(false)
+        .with_ansi(true)
+        .init();
     guard
 }
 
@@ -397,9 +452,20 @@ fn up(
     without: &[String],
     fresh: bool,
     as_service: Option<&str>,
+    progress: progress::Mode,
 ) -> i32 {
+    let progress = match progress {
+        progress::Mode::Auto if tty(1) && tty(2) => progress::Mode::Tty,
+        progress::Mode::Auto => progress::Mode::Plain,
+        m => m,
+    };
+    let term = (progress == progress::Mode::Tty)
+        .then(|| progress::Terminal::new(Box::new(std::io::stdout())));
     // Dropped when `up` returns: flushes what is queued (bounded wait) before the exit.
-    let _stderr = init_tracing(format);
+    let _stderr = match &term {
+        Some(t) => init_tracing_tty(t.clone()),
+        None => init_tracing(format),
+    };
     let plan = match load(config) {
         Ok(p) => p,
         Err(c) => return c,
@@ -466,9 +532,54 @@ fn up(
             },
             socket.display()
         );
-        let out = logs::Output::stdout(out_format);
+        let out = match &term {
+            Some(t) => logs::Output::spawn(out_format, Box::new(progress::TtySink(t.clone()))),
+            None => logs::Output::stdout(out_format),
+        };
+        let url = format!(
+            "http://{}{}/",
+            tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            api::PREFIX
+        );
+        let log_files = plan.settings.log_dir.clone();
         let (mut sup, shared) = supervisor::Supervisor::new(plan, out.clone());
+        if let Some(dir) = log_files {
+            let s = &shared.plan.settings;
+            for log in &shared.logs {
+                match logfile::LogFile::open(&dir, &log.name, s.log_max_size, s.log_max_files) {
+                    Ok(f) => {
+                        let _ = log.file.set(f);
+                    }
+                    Err(e) => {
+                        eprintln!("error: log_dir {}: {e}", dir.display());
+                        return EXIT_CONFIG;
+                    }
+                }
+            }
+        }
         sup.set_fresh(fresh);
+        sup.set_ready_url(url);
+        let renderer = progress::Renderer::new(
+            progress,
+            shared
+                .plan
+                .entries
+                .iter()
+                .map(|e| {
+                    (
+                        e.name.clone(),
+                        !e.optional,
+                        e.after.iter().map(|d| d.idx).collect(),
+                    )
+                })
+                .collect(),
+        );
+        tokio::spawn(progress::run(
+            renderer,
+            shared.events.subscribe(),
+            std::time::Instant::now(),
+            term,
+        ));
         watch::spawn_all(&shared);
         let mut secrets = api::secret_values(&shared.plan);
         if let Some(t) = &token {
@@ -521,8 +632,14 @@ fn client(cmd: Cmd, config: &std::path::Path, socket: Option<&std::path::Path>) 
             Cmd::Logs {
                 follow,
                 tail,
+                since,
+                timestamps,
+                grep,
                 names,
-            } => cli::logs(&c, &names, follow, tail).await,
+            } => {
+                let f = logview::Filter::new(since, grep, timestamps);
+                logview::logs(&c, &names, follow, tail, f).await
+            }
             Cmd::Restart { names } => cli::act(&c, "restart", &names).await,
             Cmd::Stop { names } => cli::act(&c, "stop", &names).await,
             Cmd::Start { names } => cli::act(&c, "start", &names).await,
@@ -535,6 +652,7 @@ fn client(cmd: Cmd, config: &std::path::Path, socket: Option<&std::path::Path>) 
                 _ => unreachable!(),
             },
             Cmd::Shutdown => cli::shutdown(&c).await,
+            Cmd::Wait { names, timeout } => wait::wait(&c, &names, timeout).await,
             Cmd::Up { .. }
             | Cmd::Check { .. }
             | Cmd::Cache { .. }

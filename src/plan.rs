@@ -227,6 +227,10 @@ pub struct Settings {
     #[serde(with = "secs")]
     pub shutdown_timeout: Duration,
     pub log_lines: usize,
+    /// Per-entry log files with rotation (src/logfile.rs); none when unset.
+    pub log_dir: Option<PathBuf>,
+    pub log_max_size: u64,
+    pub log_max_files: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -2,10 +2,10 @@
 //! restart decision after an exit. Tested without processes.
 
 use crate::plan::{Policy, Restart};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// Waiting for its dependencies.

@@ -15,6 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 #[path = "supervisor_cache.rs"]
 mod cache_hooks;
+#[path = "supervisor_progress.rs"]
+mod progress_hooks;
 pub use cache_hooks::SnapOp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +102,8 @@ pub struct Shared {
     pub control: mpsc::Sender<Control>,
     /// Per-entry hot-reload status and pause switch (src/watch.rs).
     pub watch: Vec<Arc<crate::watch::WatchState>>,
+    /// State changes as they happen (src/progress.rs; `GET /_supervisor/events`).
+    pub events: tokio::sync::broadcast::Sender<crate::progress::Event>,
 }
 
 impl Shared {
@@ -135,6 +139,8 @@ struct Rt {
     failed_while_unready: Option<String>,
     /// Restarting after its own exit: its `restart_with` followers restart once it is ready.
     crashed: bool,
+    /// Start-up span (seconds since the supervisor started): first left `waiting`, first ready.
+    span: crate::progress::Span,
 }
 
 enum Internal {
@@ -162,6 +168,15 @@ pub struct Supervisor {
     /// The init shim's stop plan file (`DMP_CONTAINED_STOP_PLAN`) and what it holds.
     stop_plan: Option<std::path::PathBuf>,
     stop_plan_written: String,
+    progress: ProgressCtl,
+}
+
+/// The loop's side of src/progress.rs: the broadcast and whether the stack was ready yet.
+struct ProgressCtl {
+    tx: tokio::sync::broadcast::Sender<crate::progress::Event>,
+    seq: u64,
+    ready_announced: bool,
+    url: String,
 }
 
 /// A second SIGTERM/SIGINT means "kill now" only when it comes after this window.
@@ -191,17 +206,24 @@ impl Supervisor {
             .collect();
         let started = Instant::now();
         let watch = crate::watch::WatchState::for_plan(&plan);
+        let (events, _) = tokio::sync::broadcast::channel(1024);
         let shared = Arc::new(Shared {
             plan: plan.clone(),
             logs: logs.clone(),
             control: ctl_tx,
             watch: watch.clone(),
+            events: events.clone(),
         });
         let rt = plan
             .entries
             .iter()
-            .map(|_| Rt {
+            .map(|e| Rt {
                 state: Some(State::Waiting),
+                span: crate::progress::Span {
+                    name: e.name.clone(),
+                    after: e.after.iter().map(|d| d.idx).collect(),
+                    ..Default::default()
+                },
                 ..Rt::default()
             })
             .collect();
@@ -225,6 +247,12 @@ impl Supervisor {
             cache,
             stop_plan: std::env::var_os(crate::pid1::STOP_PLAN_ENV).map(Into::into),
             stop_plan_written: String::new(),
+            progress: ProgressCtl {
+                tx: events,
+                seq: 0,
+                ready_announced: false,
+                url: String::new(),
+            },
         };
         (sup, shared)
     }
@@ -262,6 +290,7 @@ impl Supervisor {
             let _ = self.runners[i].send(RunnerCmd::Release);
         }
         self.resolve_reloads(i, to);
+        self.on_transition(i, from, to);
         if to == State::Ready && std::mem::take(&mut self.rt[i].crashed) {
             self.restart_followers(i);
         }
@@ -988,7 +1017,10 @@ impl Supervisor {
         } else {
             "starting"
         };
+        let progress = self.progress_status();
         json!({
+            "event_seq": progress["event_seq"],
+            "critical_path": progress["critical_path"],
             "supervisor": {
                 "version": env!("CARGO_PKG_VERSION"),
                 "pid": std::process::id(),
@@ -1017,8 +1049,11 @@ impl Supervisor {
                 (k.clone(), Value::String(shown))
             })
             .collect();
+        let (waited_s, duration_s) = self.span_status(i);
         json!({
             "name": e.name,
+            "waited_s": waited_s,
+            "duration_s": duration_s,
             "kind": e.kind,
             "state": s,
             "pid": r.pid,

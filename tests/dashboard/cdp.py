@@ -122,6 +122,15 @@ print(f"ok: every entry listed: {listed}")
 wait(f"log line {marker!r} in the log pane", lambda: marker in (ws.eval("document.getElementById('log').textContent") or ""))
 print(f"ok: log line {marker!r} shown")
 
+# The start-up waterfall: one span per started entry, the status's critical path highlighted.
+spans = wait("waterfall spans", lambda: ws.eval("[...document.querySelectorAll('#waterfall rect.run')].map(r => r.dataset.name)"))
+want_crit = [l["name"] for l in json.load(urllib.request.urlopen(url + "status", timeout=5))["critical_path"]]
+crit = ws.eval("[...document.querySelectorAll('#waterfall rect.run.critical')].map(r => r.dataset.name)")
+started = [n for n in names if n != "optional-thing"]
+if sorted(spans) != sorted(started) or not want_crit or sorted(crit) != sorted(want_crit):
+    sys.exit(f"FAIL: waterfall spans {spans} (want {started}), critical {crit} (want {want_crit})")
+print(f"ok: waterfall {spans}, critical path {crit}")
+
 sel = "tr[data-name=web] button[data-act=restart]"
 before = ws.eval(f"document.querySelector('tr[data-name=web] .restarts').textContent")
 enabled = wait("restart button enabled", lambda: ws.eval(f"!document.querySelector('{sel}').disabled") or None)
@@ -133,7 +142,7 @@ after = wait("restart count to change", lambda: (lambda v: v if v and v != befor
 print(f"ok: clicked restart on web; restarts {before} -> {after}")
 msg = ws.eval("document.getElementById('msg').textContent")
 print(f"ok: message: {msg}")
-time.sleep(2.5)  # let the 2 s refresh settle before the screenshot
+time.sleep(0.5)  # let the event-driven refresh settle before the screenshot
 shot = ws.call("Page.captureScreenshot", format="png")
 with open(png, "wb") as f:
     f.write(base64.b64decode(shot["data"]))
