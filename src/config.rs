@@ -55,6 +55,9 @@ struct RawFile {
     process: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
     step: BTreeMap<String, Spanned<toml::Value>>,
+    /// Defaults for `${…}` (the environment and env files win).
+    #[serde(default)]
+    vars: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -298,6 +301,52 @@ pub fn parse(
     src: &str,
     environ: &BTreeMap<String, String>,
 ) -> Result<Plan, ConfigErrors> {
+    if !crate::preset::uses_presets(src) {
+        return parse_plain(path, src, environ);
+    }
+    let x = crate::preset::expand(path, src)?;
+    parse_plain(path, &x.text, environ).map_err(|ConfigErrors(list)| {
+        let mut list: Vec<ConfigError> = list.into_iter().map(|e| x.relocate(src, e)).collect();
+        list.sort_by_key(|e| (e.line, e.col));
+        ConfigErrors(list)
+    })
+}
+
+/// The `[vars]` defaults, each interpolated in turn (a var may use the environment and other
+/// vars); names the environment or env file sets are left to them.
+fn var_defaults(
+    raw: &BTreeMap<String, String>,
+    outer: &BTreeMap<String, String>,
+) -> BTreeMap<String, Result<String, String>> {
+    fn value(
+        n: &str,
+        raw: &BTreeMap<String, String>,
+        outer: &BTreeMap<String, String>,
+        depth: usize,
+    ) -> Option<String> {
+        if let Some(v) = outer.get(n) {
+            return Some(v.clone());
+        }
+        let v = raw.get(n)?;
+        if depth > 16 {
+            return None;
+        }
+        interp::expand(v, &|m: &str| value(m, raw, outer, depth + 1)).ok()
+    }
+    raw.iter()
+        .filter(|(k, _)| !outer.contains_key(*k))
+        .map(|(k, v)| {
+            let r = interp::expand(v, &|m: &str| value(m, raw, outer, 1));
+            (k.clone(), r)
+        })
+        .collect()
+}
+
+fn parse_plain(
+    path: &Path,
+    src: &str,
+    environ: &BTreeMap<String, String>,
+) -> Result<Plan, ConfigErrors> {
     let mut errs = Errors {
         file: path,
         src,
@@ -365,6 +414,17 @@ pub fn parse(
     }
     let file_vars = vars.clone();
     vars.extend(environ.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for (k, v) in var_defaults(&raw.vars, &vars) {
+        match v {
+            Ok(v) => {
+                vars.insert(k, v);
+            }
+            Err(e) => {
+                let off = src.find(&format!("\n{k} =")).map_or(0, |o| o + 1);
+                errs.at(off, format!("[vars] {k}: {e}"));
+            }
+        }
+    }
     let lookup = |n: &str| vars.get(n).cloned();
 
     let x = |errs: &mut Errors, span: &std::ops::Range<usize>, key: &str, s: &str| -> String {
@@ -1089,7 +1149,11 @@ pub fn parse(
 
 /// Extends an entry's span over its sub-tables (`[process.a.restart]` …), up to the next
 /// header that belongs to something else.
-fn extent(src: &str, span: std::ops::Range<usize>, prefix: &str) -> std::ops::Range<usize> {
+pub(crate) fn extent(
+    src: &str,
+    span: std::ops::Range<usize>,
+    prefix: &str,
+) -> std::ops::Range<usize> {
     let mut off = span.start;
     let mut first = true;
     for line in src[span.start..].split_inclusive('\n') {

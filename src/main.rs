@@ -14,6 +14,7 @@ mod interp;
 mod logs;
 mod pid1;
 mod plan;
+mod preset;
 mod probe;
 mod process;
 mod runner;
@@ -84,6 +85,9 @@ enum Cmd {
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
+        /// Print the table with every preset expanded (the entries as `check` reads them).
+        #[arg(long, conflicts_with = "json")]
+        expand: bool,
     },
     /// Show every entry's state (skipped entries as one summary line).
     Status {
@@ -202,7 +206,10 @@ fn main() {
             fresh,
             as_service.as_deref(),
         ),
-        Cmd::Check { json } => check(&cli.config, json),
+        Cmd::Check { json, expand } => match expand {
+            true => check_expand(&cli.config),
+            false => check(&cli.config, json),
+        },
         Cmd::Export { target } => match load(&cli.config) {
             Ok(p) => export::run(&p, target, &invocation()),
             Err(c) => c,
@@ -252,6 +259,29 @@ fn load(config: &std::path::Path) -> Result<plan::Plan, i32> {
 fn invocation() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     format!("dmp-contained {}", args.join(" "))
+}
+
+/// `check --expand`: the table with its presets expanded, after validating it.
+fn check_expand(config: &std::path::Path) -> i32 {
+    if let Err(c) = load(config) {
+        return c;
+    }
+    let src = std::fs::read_to_string(config).unwrap_or_default();
+    if !preset::uses_presets(&src) {
+        print!("{src}");
+        return 0;
+    }
+    match preset::expand(config, &src) {
+        Ok(x) => {
+            println!("# {} with its presets expanded", config.display());
+            print!("{}", x.text);
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            EXIT_CONFIG
+        }
+    }
 }
 
 fn check(config: &std::path::Path, json: bool) -> i32 {
