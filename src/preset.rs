@@ -205,7 +205,7 @@ fn expand_entry(
             let mut path: Vec<&str> = chain[pos..].to_vec();
             path.push(&p);
             cx.err(
-                found.span.start,
+                cx.key_at(&from_span, "preset", None),
                 format!(
                     "preset cycle: {} (used by [{section}.{name}] at {})",
                     path.join(" -> "),
