@@ -313,7 +313,7 @@ pub fn parse(
 }
 
 /// The `[vars]` defaults, each interpolated in turn (a var may use the environment and other
-/// vars); names the environment or env file sets are left to them.
+/// vars); names the environment or env file sets (non-empty) are left to them.
 fn var_defaults(
     raw: &BTreeMap<String, String>,
     outer: &BTreeMap<String, String>,
@@ -324,7 +324,7 @@ fn var_defaults(
         outer: &BTreeMap<String, String>,
         depth: usize,
     ) -> Option<String> {
-        if let Some(v) = outer.get(n) {
+        if let Some(v) = outer.get(n).filter(|v| !v.is_empty()) {
             return Some(v.clone());
         }
         let v = raw.get(n)?;
@@ -334,7 +334,8 @@ fn var_defaults(
         interp::expand(v, &|m: &str| value(m, raw, outer, depth + 1)).ok()
     }
     raw.iter()
-        .filter(|(k, _)| !outer.contains_key(*k))
+        // An empty variable counts as unset, as in `${X:-default}`.
+        .filter(|(k, _)| outer.get(*k).is_none_or(|v| v.is_empty()))
         .map(|(k, v)| {
             let r = interp::expand(v, &|m: &str| value(m, raw, outer, 1));
             (k.clone(), r)

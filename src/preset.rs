@@ -279,6 +279,12 @@ fn expand_entry(
     }
 
     // Parameters: `{{p}}` everywhere; an unused one is an error, and so is a missing one.
+    // A parameter's default may name the entry (`with = { app = "{{name}}" }`).
+    for v in params.values_mut() {
+        if let Value::String(s) = v {
+            *s = s.replace("{{name}}", name);
+        }
+    }
     params.insert("name".into(), Value::String(name.to_string()));
     let mut used = BTreeSet::new();
     let origin_of = |cx: &Ctx, key: &str, inner: Option<&str>, by: &Option<String>| match by {

@@ -127,3 +127,63 @@ fn vars_are_defaults_the_environment_wins() {
     assert_eq!(cmd(&[("PORT", "28011")]), "127.0.0.1:28011");
     assert_eq!(cmd(&[("ADDR", "elsewhere:1")]), "elsewhere:1");
 }
+
+/// Watch ignores the shipped table used to repeat, now among the defaults (src/watch.rs).
+const NOW_DEFAULT_IGNORES: &[&str] = &["venv/**", "*.log", ".pytest_cache/**"];
+
+/// The shipped table, rewritten with presets, plans exactly the entries it planned before
+/// (tests/fixtures/supervisor.before-presets.toml): every name, command, cwd, probe, dependency,
+/// environment, cache and watch (less the ignores that became defaults).
+#[test]
+fn shipped_table_expands_to_the_same_entries_as_before_presets() {
+    // Both in one directory: an entry without a `cwd` (or a skipped one) runs in the table's.
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        (
+            "tests/fixtures/supervisor.before-presets.toml",
+            "before.toml",
+        ),
+        ("supervisor.toml", "now.toml"),
+    ] {
+        std::fs::copy(Path::new(ROOT).join(from), dir.path().join(to)).unwrap();
+    }
+    let entries = |table: &str| {
+        let (code, out, err) = run(
+            dir.path(),
+            &["-c", table, "check", "--json"],
+            &[("DMP_ROOT", ROOT)],
+        );
+        assert_eq!(code, 0, "{table}: {err}");
+        let mut v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut entries = v["entries"].take();
+        for e in entries.as_array_mut().unwrap() {
+            if let Some(ig) = e["watch"]["ignore"].as_array_mut() {
+                ig.retain(|g| !NOW_DEFAULT_IGNORES.contains(&g.as_str().unwrap()));
+            }
+        }
+        (entries, v["levels"].take())
+    };
+    let before = entries("before.toml");
+    let now = entries("now.toml");
+    let names = |e: &serde_json::Value| -> Vec<String> {
+        e.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&now.0), names(&before.0));
+    assert_eq!(names(&now.0).len(), 34);
+    for (a, b) in now
+        .0
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(before.0.as_array().unwrap())
+    {
+        assert_eq!(a, b, "entry `{}` differs", b["name"]);
+    }
+    assert_eq!(now.1, before.1, "start levels differ");
+    let lines = std::fs::read_to_string(Path::new(ROOT).join("supervisor.toml")).unwrap();
+    assert!(lines.lines().count() <= 272, "{}", lines.lines().count());
+}
