@@ -153,6 +153,23 @@ struct RawEntry {
     timeout: Option<String>,
     /// Steps: a "still running" note this often ("0s": never).
     progress: Option<String>,
+    /// Off unless one of these profiles is active (`--profile`, DMP_CONTAINED_PROFILES).
+    #[serde(default)]
+    profiles: Vec<String>,
+}
+
+/// The active profiles: DMP_CONTAINED_PROFILES (comma-separated; `up --profile` sets it).
+fn active_profiles(environ: &BTreeMap<String, String>) -> Vec<String> {
+    environ
+        .get("DMP_CONTAINED_PROFILES")
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `timeout` and `progress` of a step (both apply to [step] entries only).
@@ -566,6 +583,7 @@ fn parse_plain(
     let names: Vec<&str> = raws.iter().map(|r| r.0.as_str()).collect();
     let index = |n: &str| names.iter().position(|m| *m == n);
 
+    let active = active_profiles(environ);
     let mut entries = Vec::new();
     for (name, kind, span, r) in &raws {
         let span = span.clone();
@@ -1083,6 +1101,8 @@ fn parse_plain(
             restart_with,
             timeout,
             progress,
+            off: !r.profiles.is_empty() && !r.profiles.iter().any(|p| active.contains(p)),
+            profiles: r.profiles.clone(),
         });
     }
 

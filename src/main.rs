@@ -49,6 +49,10 @@ struct Cli {
     /// Control socket (defaults to the table's `[supervisor] socket`).
     #[arg(long, global = true, env = "DMP_CONTAINED_SOCKET")]
     socket: Option<PathBuf>,
+    /// Turn on the entries of these profiles (repeatable or comma-separated; default
+    /// DMP_CONTAINED_PROFILES); entries in other profiles are `off` until started.
+    #[arg(long = "profile", global = true, value_delimiter = ',')]
+    profiles: Vec<String>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -184,6 +188,10 @@ fn main() {
         pid1::run_shim();
     }
     let cli = Cli::parse();
+    if !cli.profiles.is_empty() {
+        // config::parse reads the active profiles from the environment (one source of truth).
+        std::env::set_var("DMP_CONTAINED_PROFILES", cli.profiles.join(","));
+    }
     let cmd = cli.cmd.unwrap_or(Cmd::Up {
         log_format: LogFormat::Text,
         only: vec![],

@@ -187,3 +187,79 @@ fn shipped_table_expands_to_the_same_entries_as_before_presets() {
     let lines = std::fs::read_to_string(Path::new(ROOT).join("supervisor.toml")).unwrap();
     assert!(lines.lines().count() <= 225, "{}", lines.lines().count());
 }
+
+// --- Profiles: entries off unless their profile is active; `start NAME` turns one on ---------
+
+const PROFILED: &str = r#"
+[process.base]
+command = ["sleep", "300"]
+[process.es]
+command = ["sleep", "300"]
+profiles = ["search"]
+[process.search-app]
+command = ["sleep", "300"]
+after = ["es"]
+[process.opt-app]
+command = ["sleep", "300"]
+after = ["es:ready?"]
+"#;
+
+#[test]
+fn profiles_off_by_default_and_started_on_demand() {
+    use common::Sup;
+    use std::time::Duration;
+    let t = Duration::from_secs(10);
+    let sup = Sup::start(PROFILED);
+    sup.wait_state("base", "ready", t);
+    // An optional edge to an off entry is satisfied; a required one turns the dependent off.
+    sup.wait_state("opt-app", "ready", t);
+    let es = sup.wait_state("es", "off", t);
+    assert!(
+        es["reason"].as_str().unwrap().contains("in profile search"),
+        "{es}"
+    );
+    let app = sup.wait_state("search-app", "off", t);
+    assert!(
+        app["reason"]
+            .as_str()
+            .unwrap()
+            .contains("dependency `es` is off"),
+        "{app}"
+    );
+    let out = sup.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.contains("es") && l.contains("off")),
+        "{text}"
+    );
+    // `health` counts off entries as fine.
+    assert!(sup.cli(&["health"]).status.success());
+    let base_pid = sup.entry("base")["pid"].clone();
+
+    // `start search-app` starts it and the off entry it needs.
+    let out = sup.cli(&["start", "search-app"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sup.wait_state("es", "ready", t);
+    sup.wait_state("search-app", "ready", t);
+    assert_eq!(sup.entry("base")["pid"], base_pid, "base restarted");
+}
+
+#[test]
+fn profiles_on_by_flag_or_environment() {
+    use common::{table, Sup};
+    use std::time::Duration;
+    let t = Duration::from_secs(10);
+    for (args, env) in [
+        (&["--profile", "search"][..], &[][..]),
+        (&[][..], &[("DMP_CONTAINED_PROFILES", "other,search")][..]),
+    ] {
+        let (dir, port, cfg) = table(PROFILED);
+        let sup = Sup::spawn(dir, port, cfg, args, env);
+        sup.wait_state("es", "ready", t);
+        sup.wait_state("search-app", "ready", t);
+    }
+}
