@@ -93,12 +93,21 @@ impl Ctx<'_> {
     }
 }
 
-/// True when the table uses presets at all (otherwise it is parsed as written).
+/// True when the table uses presets at all (otherwise it is parsed exactly as written). A table
+/// that does not parse is left to `config::parse`, which places the syntax error.
 pub fn uses_presets(src: &str) -> bool {
-    src.lines().any(|l| {
-        let t = l.trim_start();
-        t.starts_with("[preset.") || t.starts_with("preset =") || t.starts_with("preset=")
-    })
+    let Ok(t) = toml::from_str::<Table>(src) else {
+        return false;
+    };
+    let entry_uses = |section: &str| {
+        t.get(section).and_then(Value::as_table).is_some_and(|m| {
+            m.values().any(|e| {
+                e.as_table()
+                    .is_some_and(|e| e.contains_key("preset") || e.contains_key("with"))
+            })
+        })
+    };
+    t.contains_key("preset") || entry_uses("process") || entry_uses("step")
 }
 
 /// Expands every entry's preset chain. Every problem is reported at once.
