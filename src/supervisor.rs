@@ -617,6 +617,12 @@ impl Supervisor {
             on.push(self.entry(j).name.clone());
             stack.extend(self.entry(j).after.iter().map(|d| d.idx));
         }
+        // Entries off only through a dependency are re-decided (they start if it was the last).
+        for j in 0..self.rt.len() {
+            if self.state(j) == State::Off && !self.entry(j).off {
+                self.set(j, State::Waiting);
+            }
+        }
         tracing::info!("started off entries: {}", on.join(", "));
         format!("starting {}", on.join(", "))
     }

@@ -249,6 +249,23 @@ fn profiles_off_by_default_and_started_on_demand() {
 }
 
 #[test]
+fn starting_an_off_dependency_brings_back_what_was_off_only_through_it() {
+    use common::Sup;
+    use std::time::Duration;
+    let t = Duration::from_secs(10);
+    let sup = Sup::start(PROFILED);
+    sup.wait_state("search-app", "off", t);
+    let out = sup.cli(&["start", "es"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sup.wait_state("es", "ready", t);
+    sup.wait_state("search-app", "ready", t);
+}
+
+#[test]
 fn profiles_on_by_flag_or_environment() {
     use common::{table, Sup};
     use std::time::Duration;
