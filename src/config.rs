@@ -321,12 +321,25 @@ pub fn parse(
     if !crate::preset::uses_presets(src) {
         return parse_plain(path, src, environ);
     }
-    let x = crate::preset::expand(path, src)?;
-    parse_plain(path, &x.text, environ).map_err(|ConfigErrors(list)| {
-        let mut list: Vec<ConfigError> = list.into_iter().map(|e| x.relocate(src, e)).collect();
-        list.sort_by_key(|e| (e.line, e.col));
-        ConfigErrors(list)
-    })
+    // Preset errors and the expanded entries' own errors are reported together; when an
+    // entry's chain is broken (so it is missing), only the preset errors are.
+    let (x, mut list, complete) = crate::preset::expand_all(path, src);
+    let plain = parse_plain(path, &x.text, environ);
+    match plain {
+        Ok(plan) if list.is_empty() => return Ok(plan),
+        Ok(_) => {}
+        Err(ConfigErrors(more)) if complete => {
+            for e in more.into_iter().map(|e| x.relocate(src, e)) {
+                // A value left unexpanded by a missing parameter is reported once, as that.
+                if !e.msg.contains("{{") {
+                    list.push(e);
+                }
+            }
+        }
+        Err(_) => {}
+    }
+    list.sort_by_key(|e| (e.line, e.col));
+    Err(ConfigErrors(list))
 }
 
 /// The `[vars]` defaults, each interpolated in turn (a var may use the environment and other

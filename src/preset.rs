@@ -112,6 +112,16 @@ pub fn uses_presets(src: &str) -> bool {
 
 /// Expands every entry's preset chain. Every problem is reported at once.
 pub fn expand(file: &Path, src: &str) -> Result<Expanded, ConfigErrors> {
+    let (x, errs, _) = expand_all(file, src);
+    match errs.is_empty() {
+        true => Ok(x),
+        false => Err(ConfigErrors(errs)),
+    }
+}
+
+/// The expansion, the preset errors, and whether every entry is in the expansion (an entry
+/// whose chain is broken is left out).
+pub fn expand_all(file: &Path, src: &str) -> (Expanded, Vec<ConfigError>, bool) {
     let mut cx = Ctx {
         file,
         src,
@@ -121,10 +131,11 @@ pub fn expand(file: &Path, src: &str) -> Result<Expanded, ConfigErrors> {
         Ok(d) => d,
         // Left to config::parse, which places syntax errors already.
         Err(_) => {
-            return Ok(Expanded {
+            let x = Expanded {
                 text: src.to_string(),
                 origins: Vec::new(),
-            })
+            };
+            return (x, Vec::new(), true);
         }
     };
     let mut whole: Table = toml::from_str(src).unwrap_or_default();
@@ -155,16 +166,14 @@ pub fn expand(file: &Path, src: &str) -> Result<Expanded, ConfigErrors> {
         let head = toml::to_string(&whole).unwrap_or_default();
         push(&mut text, &mut origins, &head, Origin::None);
     }
+    let mut complete = true;
     for (section, entries) in [("process", &processes), ("step", &steps)] {
         for (name, e) in entries {
-            expand_entry(&mut cx, &presets, section, name, e, &mut text, &mut origins);
+            complete &= expand_entry(&mut cx, &presets, section, name, e, &mut text, &mut origins);
         }
     }
-    if !cx.errs.is_empty() {
-        cx.errs.sort_by_key(|e| (e.line, e.col));
-        return Err(ConfigErrors(cx.errs));
-    }
-    Ok(Expanded { text, origins })
+    cx.errs.sort_by_key(|e| (e.line, e.col));
+    (Expanded { text, origins }, cx.errs, complete)
 }
 
 /// One value of the merged entry and who set it.
@@ -181,7 +190,7 @@ fn expand_entry(
     e: &Located,
     text: &mut String,
     origins: &mut Vec<Origin>,
-) {
+) -> bool {
     let used_at = cx.key_at(&e.span, "preset", None);
     // The chain, root first.
     let mut chain: Vec<&str> = Vec::new();
@@ -193,7 +202,7 @@ fn expand_entry(
                 cx.key_at(&from_span, "preset", None),
                 "`preset` must be a preset's name",
             );
-            return;
+            return false;
         };
         let Some(found) = presets.get(&p) else {
             let known: Vec<&str> = presets.keys().map(String::as_str).collect();
@@ -208,7 +217,7 @@ fn expand_entry(
                     }
                 ),
             );
-            return;
+            return false;
         };
         if let Some(pos) = chain.iter().position(|c| *c == p) {
             let mut path: Vec<&str> = chain[pos..].to_vec();
@@ -221,7 +230,7 @@ fn expand_entry(
                     cx.place(used_at)
                 ),
             );
-            return;
+            return false;
         }
         chain.push(presets.get_key_value(&p).map(|(k, _)| k.as_str()).unwrap());
         next = found.table.get("preset").cloned();
@@ -386,6 +395,7 @@ fn expand_entry(
             );
         }
     }
+    true
 }
 
 /// `{{p}}` replaced in every string; a key whose whole value is `{{p}}` takes the parameter's

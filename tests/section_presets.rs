@@ -95,6 +95,16 @@ fn bad_presets_are_located_errors() {
                 "t.toml:10:1: `b`: unknown signal `SIGNOPE`",
             ],
         ),
+        // Preset errors and value errors together.
+        (
+            format!("{PRESET}[process.a]\npreset = \"app\"\nwith = {{ port = 1 }}\nafter = [\"zz\"]\n[process.b]\npreset = \"app\"\nwith = {{ port = 2, stop = \"ten\" }}\n"),
+            &[
+                "t.toml:3:1: [process.a]: parameter `stop` is not given",
+                "t.toml:3:1: bad duration \"ten\" for `stop_timeout`",
+                "t.toml:7:1: `a`: unknown dependency `zz`",
+                "3 error(s)",
+            ],
+        ),
         (
             "[vars]\nA = \"${B}\"\n[process.a]\ncommand = [\"sleep\", \"${A}\"]\n".into(),
             &["t.toml:2:1: [vars] A: variable `B` is not set"],
