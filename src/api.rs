@@ -578,7 +578,7 @@ pub fn not_ready(status: &Value) -> Vec<Value> {
                     e["required"].as_bool() == Some(true)
                         && !matches!(
                             e["state"].as_str(),
-                            Some("ready" | "done" | "cached" | "skipped")
+                            Some("ready" | "done" | "cached" | "skipped" | "off")
                         )
                 })
                 .map(|e| json!({"name": e["name"], "state": e["state"], "reason": e["reason"]}))

@@ -55,6 +55,9 @@ struct RawFile {
     process: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
     step: BTreeMap<String, Spanned<toml::Value>>,
+    /// Defaults for `${…}` (the environment and env files win).
+    #[serde(default)]
+    vars: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -165,6 +168,23 @@ struct RawEntry {
     timeout: Option<String>,
     /// Steps: a "still running" note this often ("0s": never).
     progress: Option<String>,
+    /// Off unless one of these profiles is active (`--profile`, DMP_CONTAINED_PROFILES).
+    #[serde(default)]
+    profiles: Vec<String>,
+}
+
+/// The active profiles: DMP_CONTAINED_PROFILES (comma-separated; `up --profile` sets it).
+fn active_profiles(environ: &BTreeMap<String, String>) -> Vec<String> {
+    environ
+        .get("DMP_CONTAINED_PROFILES")
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `listen` of a longrun (interpolated): socket addresses ("127.0.0.1:5002", "[::1]:5002").
@@ -466,6 +486,66 @@ pub fn parse(
     src: &str,
     environ: &BTreeMap<String, String>,
 ) -> Result<Plan, ConfigErrors> {
+    if !crate::preset::uses_presets(src) {
+        return parse_plain(path, src, environ);
+    }
+    // Preset errors and the expanded entries' own errors are reported together; when an
+    // entry's chain is broken (so it is missing), only the preset errors are.
+    let (x, mut list, complete) = crate::preset::expand_all(path, src);
+    let plain = parse_plain(path, &x.text, environ);
+    match plain {
+        Ok(plan) if list.is_empty() => return Ok(plan),
+        Ok(_) => {}
+        Err(ConfigErrors(more)) if complete => {
+            for e in more.into_iter().map(|e| x.relocate(src, e)) {
+                // A value left unexpanded by a missing parameter is reported once, as that.
+                if !e.msg.contains("{{") {
+                    list.push(e);
+                }
+            }
+        }
+        Err(_) => {}
+    }
+    list.sort_by_key(|e| (e.line, e.col));
+    Err(ConfigErrors(list))
+}
+
+/// The `[vars]` defaults, each interpolated in turn (a var may use the environment and other
+/// vars); names the environment or env file sets (non-empty) are left to them.
+fn var_defaults(
+    raw: &BTreeMap<String, String>,
+    outer: &BTreeMap<String, String>,
+) -> BTreeMap<String, Result<String, String>> {
+    fn value(
+        n: &str,
+        raw: &BTreeMap<String, String>,
+        outer: &BTreeMap<String, String>,
+        depth: usize,
+    ) -> Option<String> {
+        if let Some(v) = outer.get(n).filter(|v| !v.is_empty()) {
+            return Some(v.clone());
+        }
+        let v = raw.get(n)?;
+        if depth > 16 {
+            return None;
+        }
+        interp::expand(v, &|m: &str| value(m, raw, outer, depth + 1)).ok()
+    }
+    raw.iter()
+        // An empty variable counts as unset, as in `${X:-default}`.
+        .filter(|(k, _)| outer.get(*k).is_none_or(|v| v.is_empty()))
+        .map(|(k, v)| {
+            let r = interp::expand(v, &|m: &str| value(m, raw, outer, 1));
+            (k.clone(), r)
+        })
+        .collect()
+}
+
+fn parse_plain(
+    path: &Path,
+    src: &str,
+    environ: &BTreeMap<String, String>,
+) -> Result<Plan, ConfigErrors> {
     let mut errs = Errors {
         file: path,
         src,
@@ -538,6 +618,17 @@ pub fn parse(
     }
     let file_vars = vars.clone();
     vars.extend(environ.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for (k, v) in var_defaults(&raw.vars, &vars) {
+        match v {
+            Ok(v) => {
+                vars.insert(k, v);
+            }
+            Err(e) => {
+                let off = src.find(&format!("\n{k} =")).map_or(0, |o| o + 1);
+                errs.at(off, format!("[vars] {k}: {e}"));
+            }
+        }
+    }
     let lookup = |n: &str| vars.get(n).cloned();
 
     let x = |errs: &mut Errors, span: &std::ops::Range<usize>, key: &str, s: &str| -> String {
@@ -702,6 +793,7 @@ pub fn parse(
     let index = |n: &str| names.iter().position(|m| *m == n);
     let step_index = |n: &str| index(n).map(|i| (i, raws[i].1 == Kind::Oneshot));
 
+    let active = active_profiles(environ);
     let mut entries = Vec::new();
     for (name, kind, span, r) in &raws {
         let span = span.clone();
@@ -1316,6 +1408,8 @@ pub fn parse(
             restart_with,
             timeout,
             progress,
+            off: !r.profiles.is_empty() && !r.profiles.iter().any(|p| active.contains(p)),
+            profiles: r.profiles.clone(),
         });
     }
 
@@ -1569,7 +1663,11 @@ fn probe_target(kind: &ProbeKind) -> Result<(), String> {
 
 /// Extends an entry's span over its sub-tables (`[process.a.restart]` …), up to the next
 /// header that belongs to something else.
-fn extent(src: &str, span: std::ops::Range<usize>, prefix: &str) -> std::ops::Range<usize> {
+pub(crate) fn extent(
+    src: &str,
+    span: std::ops::Range<usize>,
+    prefix: &str,
+) -> std::ops::Range<usize> {
     let mut off = span.start;
     let mut first = true;
     for line in src[span.start..].split_inclusive('\n') {

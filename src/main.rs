@@ -17,6 +17,7 @@ mod logview;
 mod notify;
 mod pid1;
 mod plan;
+mod preset;
 mod probe;
 mod process;
 mod progress;
@@ -56,6 +57,10 @@ struct Cli {
     /// Control socket (defaults to the table's `[supervisor] socket`).
     #[arg(long, global = true, env = "DMP_CONTAINED_SOCKET")]
     socket: Option<PathBuf>,
+    /// Turn on the entries of these profiles (repeatable or comma-separated; default
+    /// DMP_CONTAINED_PROFILES); entries in other profiles are `off` until started.
+    #[arg(long = "profile", global = true, value_delimiter = ',')]
+    profiles: Vec<String>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -96,6 +101,9 @@ enum Cmd {
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
+        /// Print the table with every preset expanded (the entries as `check` reads them).
+        #[arg(long, conflicts_with = "json")]
+        expand: bool,
     },
     /// Show every entry's state (skipped entries as one summary line).
     Status {
@@ -209,6 +217,10 @@ fn main() {
         pid1::run_shim();
     }
     let cli = Cli::parse();
+    if !cli.profiles.is_empty() {
+        // config::parse reads the active profiles from the environment (one source of truth).
+        std::env::set_var("DMP_CONTAINED_PROFILES", cli.profiles.join(","));
+    }
     let cmd = cli.cmd.unwrap_or(Cmd::Up {
         log_format: LogFormat::Text,
         only: vec![],
@@ -234,7 +246,10 @@ fn main() {
             as_service.as_deref(),
             progress,
         ),
-        Cmd::Check { json } => check(&cli.config, json),
+        Cmd::Check { json, expand } => match expand {
+            true => check_expand(&cli.config),
+            false => check(&cli.config, json),
+        },
         Cmd::Export { target } => match load(&cli.config) {
             Ok(p) => export::run(&p, target, &invocation()),
             Err(c) => c,
@@ -284,6 +299,29 @@ fn load(config: &std::path::Path) -> Result<plan::Plan, i32> {
 fn invocation() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     format!("dmp-contained {}", args.join(" "))
+}
+
+/// `check --expand`: the table with its presets expanded, after validating it.
+fn check_expand(config: &std::path::Path) -> i32 {
+    if let Err(c) = load(config) {
+        return c;
+    }
+    let src = std::fs::read_to_string(config).unwrap_or_default();
+    if !preset::uses_presets(&src) {
+        print!("{src}");
+        return 0;
+    }
+    match preset::expand(config, &src) {
+        Ok(x) => {
+            println!("# {} with its presets expanded", config.display());
+            print!("{}", x.text);
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            EXIT_CONFIG
+        }
+    }
 }
 
 fn check(config: &std::path::Path, json: bool) -> i32 {

@@ -34,7 +34,9 @@ pub struct Dep {
 impl Dep {
     /// Is this edge satisfied while the dependency is in `s`?
     pub fn satisfied_by(&self, s: crate::state::State) -> bool {
-        s.satisfies(self.cond) || (self.optional && s == crate::state::State::Skipped)
+        s.satisfies(self.cond)
+            || (self.optional
+                && matches!(s, crate::state::State::Skipped | crate::state::State::Off))
     }
 
     /// `name:cond`, with `?` when optional.
@@ -210,6 +212,10 @@ pub struct Entry {
     /// Step: how often a "still running" note goes to its log (None: never).
     #[serde(with = "opt_secs")]
     pub progress: Option<Duration>,
+    /// Its profiles (none: always on).
+    pub profiles: Vec<String>,
+    /// In profiles none of which is active: `off` until `dmp-contained start NAME`.
+    pub off: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

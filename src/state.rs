@@ -30,13 +30,18 @@ pub enum State {
     Failed,
     /// Not run: `when_exists` missing or a dependency was skipped.
     Skipped,
+    /// In a profile that is not active (or depends on such an entry): not run until started.
+    Off,
 }
 
 use State::*;
 
 /// `(to, from…)`: a transition to `to` is allowed only from one of `from`.
 pub const ALLOWED_TRANSITIONS: &[(State, &[State])] = &[
-    (Waiting, &[Stopped, Failed, Done, Cached, Backoff, Skipped]),
+    (
+        Waiting,
+        &[Stopped, Failed, Done, Cached, Backoff, Skipped, Off],
+    ),
     (
         Starting,
         &[Waiting, Backoff, Stopped, Failed, Ready, Starting],
@@ -54,6 +59,7 @@ pub const ALLOWED_TRANSITIONS: &[(State, &[State])] = &[
         &[Waiting, Starting, Ready, Running, Backoff, Stopping],
     ),
     (Skipped, &[Waiting]),
+    (Off, &[Waiting]),
 ];
 
 pub fn allowed(from: State, to: State) -> bool {
@@ -80,7 +86,7 @@ impl State {
 
     /// Healthy for `/health`: ready longruns and finished oneshots.
     pub fn is_healthy(self) -> bool {
-        matches!(self, Ready | Done | Cached | Skipped)
+        matches!(self, Ready | Done | Cached | Skipped | Off)
     }
 }
 

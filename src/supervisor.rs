@@ -129,6 +129,8 @@ struct Rt {
     /// Bumped on every start/stop so stale backoff timers are ignored.
     gen: u64,
     user_stopped: bool,
+    /// An off entry (profiles) started by request.
+    turned_on: bool,
     runs: u32,
     waiters: Vec<oneshot::Sender<Result<String, Refused>>>,
     /// Restart once the current stop completes.
@@ -542,6 +544,12 @@ impl Supervisor {
                 if self.state(i) != State::Waiting || self.rt[i].user_stopped {
                     continue;
                 }
+                if let Some(why) = self.off_reason(i) {
+                    self.rt[i].reason = Some(why);
+                    self.set(i, State::Off);
+                    progressed = true;
+                    continue;
+                }
                 if let Some(why) = self.entry(i).skip.clone() {
                     self.rt[i].reason = Some(why.clone());
                     self.set(i, State::Skipped);
@@ -631,6 +639,47 @@ impl Supervisor {
             .enumerate()
             .filter(|(_, s)| *s)
             .map(|(j, _)| j)
+    }
+
+    /// Why a waiting entry stays `off`: its profiles are not active (and it was not started),
+    /// or a dependency it needs is off.
+    fn off_reason(&self, i: usize) -> Option<String> {
+        let e = self.entry(i);
+        if e.off && !self.rt[i].turned_on {
+            return Some(format!(
+                "in profile {} (not active): `dmp-contained start {}` starts it",
+                e.profiles.join(", "),
+                e.name
+            ));
+        }
+        e.after
+            .iter()
+            .find(|d| !d.optional && self.state(d.idx) == State::Off)
+            .map(|d| format!("dependency `{}` is off", d.name))
+    }
+
+    /// `start` of an off entry: it and every off entry it needs go back to waiting.
+    fn turn_on(&mut self, i: usize) -> String {
+        let mut on = Vec::new();
+        let mut stack = vec![i];
+        while let Some(j) = stack.pop() {
+            if self.state(j) != State::Off {
+                continue;
+            }
+            self.rt[j].turned_on = true;
+            self.rt[j].reason = None;
+            self.set(j, State::Waiting);
+            on.push(self.entry(j).name.clone());
+            stack.extend(self.entry(j).after.iter().map(|d| d.idx));
+        }
+        // Entries off only through a dependency are re-decided (they start if it was the last).
+        for j in 0..self.rt.len() {
+            if self.state(j) == State::Off && !self.entry(j).off {
+                self.set(j, State::Waiting);
+            }
+        }
+        tracing::info!("started off entries: {}", on.join(", "));
+        format!("starting {}", on.join(", "))
     }
 
     fn start(&mut self, i: usize) {
@@ -926,6 +975,9 @@ impl Supervisor {
                 "`{name}` is skipped: {}",
                 self.rt[i].reason.clone().unwrap_or_default()
             ));
+        }
+        if s == State::Off && matches!(action, Action::Start | Action::Run | Action::Restart) {
+            return Ok(Some(self.turn_on(i)));
         }
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         match action {

@@ -30,6 +30,12 @@ pub const DEFAULT_IGNORES: &[&str] = &[
     "*~",
     ".#*",
     "node_modules",
+    "venv",
+    ".venv",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".tox",
+    "*.log",
 ];
 
 /// Trains kept in status per entry.
