@@ -590,7 +590,7 @@ watch = { action = "signal", on = [{ files = ["x"], action = "run", step = "svc"
 fn a_reload_loop_is_detected_paused_and_names_the_file() {
     let body = r#"
 [process.svc]
-command = ["sh", "-c", "date +%s%N >> state.log; exec sleep 1000"]
+command = ["sh", "-c", "date +%s%N >> state.txt; exec sleep 1000"]
 watch = { paths = ["."], debounce = "50ms", ignore = ["*.toml", "*.sock", "cache"] }
 "#;
     let (dir, port, cfg) = table(body);
@@ -608,12 +608,12 @@ watch = { paths = ["."], debounce = "50ms", ignore = ["*.toml", "*.sock", "cache
     let last = w["trains"].as_array().unwrap().last().unwrap().clone();
     let err = last["error"].as_str().unwrap_or_default();
     assert!(err.contains("reload loop: `"), "{w}");
-    assert!(err.contains("`state.log`"), "{w}");
+    assert!(err.contains("`state.txt`"), "{w}");
     let n = w["reloads"].as_u64().unwrap();
     assert!(n <= 8, "{n} reloads before the loop was caught");
     // Paused: the entry runs, and no more reloads happen.
     s.wait_state("svc", "ready", T);
-    let starts = std::fs::read_to_string(s.path("state.log"))
+    let starts = std::fs::read_to_string(s.path("state.txt"))
         .unwrap()
         .lines()
         .count();
@@ -621,7 +621,7 @@ watch = { paths = ["."], debounce = "50ms", ignore = ["*.toml", "*.sock", "cache
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(s.entry("svc")["watch"]["reloads"].as_u64().unwrap(), n);
     assert_eq!(
-        std::fs::read_to_string(s.path("state.log"))
+        std::fs::read_to_string(s.path("state.txt"))
             .unwrap()
             .lines()
             .count(),
