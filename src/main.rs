@@ -612,12 +612,18 @@ fn up(
                 })
                 .collect(),
         );
-        tokio::spawn(progress::run(
-            renderer,
-            shared.events.subscribe(),
-            std::time::Instant::now(),
-            term,
-        ));
+        // On a thread of its own: its writes to stderr / the terminal block when nobody reads
+        // them, and must never stall the control loop (it lags and catches up instead).
+        let events = shared.events.subscribe();
+        let started = std::time::Instant::now();
+        let progress_rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("progress runtime");
+        std::thread::Builder::new()
+            .name("progress".into())
+            .spawn(move || progress_rt.block_on(progress::run(renderer, events, started, term)))
+            .expect("spawn the progress thread");
         watch::spawn_all(&shared);
         let mut secrets = api::secret_values(&shared.plan);
         if let Some(t) = &token {
