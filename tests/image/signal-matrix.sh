@@ -56,6 +56,9 @@ TOML
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 logs() { docker logs "$c" 2>&1; }
+# has GREP_ARGS...: the logs (captured first: `logs | grep -q` under pipefail fails whenever grep
+# exits before docker logs has written everything, SIGPIPE) contain a match.
+has() { grep -q "$@" <<<"$(logs)"; }
 # await TEXT [SECONDS]: until `docker logs` contains TEXT (count > $2 occurrences when given).
 await() {
     local want=$1 min=${2:-0} i
@@ -69,8 +72,8 @@ running() { [ "$(docker inspect -f '{{.State.Running}}' "$c" 2>/dev/null)" = tru
 
 docker run -d --name "$c" -v "$tmp:/t:ro" -v "$bin:/usr/local/bin/dmp-contained:ro" \
     "$IMAGE" up --config /t/supervisor.toml >/dev/null || { echo "FAIL: docker run"; exit 1; }
-for i in $(seq 1 600); do logs | grep -q "svc: ready" && break; sleep 0.1; done
-logs | grep -q "svc: ready" || { logs | tail -20; echo "FAIL: never ready"; exit 1; }
+for i in $(seq 1 600); do has "svc: ready" && break; sleep 0.1; done
+has "svc: ready" || { logs | tail -20; echo "FAIL: never ready"; exit 1; }
 
 # Silent ones first (blocked fault signals, job control, default-ignored, CHLD, PIPE).
 for s in ILL FPE SEGV PIPE CHLD CONT TSTP TTIN TTOU URG WINCH; do docker kill -s "$s" "$c" >/dev/null; done
@@ -90,17 +93,17 @@ for n in $(seq 34 64); do
     await "SIGRTMIN+$((n - 34)) ignored" || fail "signal $n: not logged as ignored"
 done
 running || fail "the container died during the matrix"
-logs | grep -q "postgres: exited" && fail "postgres exited during the matrix"
+has "postgres: exited" && fail "postgres exited during the matrix"
 
 docker kill -s QUIT "$c" >/dev/null
 code=$(timeout 15 docker wait "$c")
 [ "$code" = 0 ] || fail "SIGQUIT: exit code $code, want 0"
-logs | grep -q "database system is shut down" || fail "SIGQUIT: postgres did not shut down cleanly"
-logs | grep -q "svc | got-term" || fail "SIGQUIT: svc did not get its TERM"
+has "database system is shut down" || fail "SIGQUIT: postgres did not shut down cleanly"
+has "svc | got-term" || fail "SIGQUIT: svc did not get its TERM"
 
 docker start "$c" >/dev/null
 await "svc: ready" 1 || await "svc: ready" 1 || fail "second start: never ready"
-logs | grep -qE "not properly shut down|automatic recovery" && fail "second start needed crash recovery"
+has -E "not properly shut down|automatic recovery" && fail "second start needed crash recovery"
 start=$(date +%s.%N)
 docker stop "$c" >/dev/null
 took=$(echo "$(date +%s.%N) - $start" | bc)
