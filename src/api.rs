@@ -295,16 +295,7 @@ impl Api {
         }
         let (tx, body_rx) = mpsc::channel::<Bytes>(2);
         tokio::spawn(pump_follower(rx, tx, first, fmt));
-        Response::builder()
-            .status(StatusCode::OK)
-            .header("content-type", ctype)
-            .header("cache-control", "no-store")
-            .header("x-accel-buffering", "no")
-            .body(http_body_util::Either::Right(ChannelBody {
-                rx: body_rx,
-                first: None,
-            }))
-            .unwrap()
+        stream_response(ctype, body_rx)
     }
 
     /// `GET /_supervisor/events`: state changes as NDJSON, from now on (src/progress.rs).
@@ -318,16 +309,7 @@ impl Api {
             let s: Vec<&str> = s.into_iter().flatten().map(String::as_str).collect();
             scrub(text, &s)
         }));
-        Response::builder()
-            .status(StatusCode::OK)
-            .header("content-type", "application/x-ndjson")
-            .header("cache-control", "no-store")
-            .header("x-accel-buffering", "no")
-            .body(http_body_util::Either::Right(ChannelBody {
-                rx: body_rx,
-                first: None,
-            }))
-            .unwrap()
+        stream_response("application/x-ndjson", body_rx)
     }
 
     async fn metrics(&self) -> Resp {
@@ -518,6 +500,20 @@ fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
         .into_owned()
+}
+
+/// A 200 whose body is fed by `body_rx` (follow, events), never buffered by a proxy.
+fn stream_response(ctype: &'static str, body_rx: mpsc::Receiver<Bytes>) -> Resp {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", ctype)
+        .header("cache-control", "no-store")
+        .header("x-accel-buffering", "no")
+        .body(http_body_util::Either::Right(ChannelBody {
+            rx: body_rx,
+            first: None,
+        }))
+        .unwrap()
 }
 
 #[cfg(test)]
