@@ -1,6 +1,7 @@
 //! The control plane over HTTP: a TCP listener (read-only unless a bearer token is set) and a
 //! Unix socket (mode 0600, trusted: mutations allowed) serving the same routes.
 
+use crate::status::{EntryStatus, Status};
 use crate::supervisor::{Action, Control, Shared};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -68,17 +69,18 @@ pub struct Api {
 }
 
 impl Api {
-    /// The loop's status snapshot, with secrets scrubbed.
-    pub async fn status(&self) -> Option<Value> {
-        let (tx, rx) = oneshot::channel();
-        self.shared.control.send(Control::Status(tx)).await.ok()?;
-        let mut v = tokio::time::timeout(Duration::from_secs(5), rx)
-            .await
-            .ok()?
-            .ok()?;
-        scrub_status(&mut v, &self.secrets);
+    /// The loop's latest status snapshot, with secrets scrubbed.
+    pub fn status(&self) -> Status {
+        let mut st = self.shared.status();
+        st.scrub(&self.secrets);
+        st
+    }
+
+    /// As JSON for a client: every string also passes the process-wide redactor.
+    fn status_json(&self) -> Value {
+        let mut v = serde_json::to_value(self.status()).unwrap_or_default();
         crate::redact::global().apply_json(&mut v);
-        Some(v)
+        v
     }
 
     pub async fn handle(&self, req: Request<Incoming>, trusted: bool) -> Resp {
@@ -102,14 +104,8 @@ impl Api {
         let authorized = trusted || self.bearer_ok(&req);
         match (&method, parts.as_slice()) {
             (&Method::GET, []) => full(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
-            (&Method::GET, ["status"]) => match self.status().await {
-                Some(v) => json_resp(StatusCode::OK, &v),
-                None => error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "supervisor loop not answering",
-                ),
-            },
-            (&Method::GET, ["health"]) => self.health().await,
+            (&Method::GET, ["status"]) => json_resp(StatusCode::OK, &self.status_json()),
+            (&Method::GET, ["health"]) => self.health(),
             // Any method: nginx forwards the request that found the app down (src/unavailable.rs).
             (_, ["unavailable", name]) => {
                 let uri = req
@@ -119,7 +115,7 @@ impl Api {
                 let as_json = query.split('&').any(|q| q == "format=json");
                 crate::unavailable::respond(self, name, uri, as_json).await
             }
-            (&Method::GET, ["metrics"]) => self.metrics().await,
+            (&Method::GET, ["metrics"]) => self.metrics(),
             (&Method::GET, ["events"]) => self.events(),
             (&Method::GET, ["logs", name]) => self.logs(name, &query),
             (&Method::POST, ["entries", name, action]) | (&Method::POST, [action, name])
@@ -203,22 +199,16 @@ impl Api {
                 == 0
     }
 
-    async fn health(&self) -> Resp {
-        let Some(v) = self.status().await else {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "supervisor loop not answering",
-            );
-        };
-        let not_ready = not_ready(&v);
-        if not_ready.is_empty() {
-            json_resp(StatusCode::OK, &json!({"healthy": true}))
+    fn health(&self) -> Resp {
+        let h = self.status().health();
+        let code = if h.healthy {
+            StatusCode::OK
         } else {
-            json_resp(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"healthy": false, "not_ready": not_ready}),
-            )
-        }
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let mut v = serde_json::to_value(h).unwrap_or_default();
+        crate::redact::global().apply_json(&mut v);
+        json_resp(code, &v)
     }
 
     /// Sends a request that answers with a message or an error; `Err` is the response to
@@ -312,17 +302,11 @@ impl Api {
         stream_response("application/x-ndjson", body_rx)
     }
 
-    async fn metrics(&self) -> Resp {
-        let Some(v) = self.status().await else {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "supervisor loop not answering",
-            );
-        };
+    fn metrics(&self) -> Resp {
         full(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            render_metrics(&v),
+            render_metrics(&self.status()),
         )
     }
 }
@@ -397,30 +381,6 @@ async fn pump_follower(
             }
             _ = tx.closed(), if !pending => return,
         }
-    }
-}
-
-/// Scrubs secret values wherever the loop's snapshot could show them: declared env, command,
-/// reasons, probe errors. `secrets[i]` are entry `i`'s secret values (see `secret_values`).
-pub fn scrub_status(v: &mut Value, secrets: &[Vec<String>]) {
-    let Some(entries) = v["entries"].as_array_mut() else {
-        return;
-    };
-    for (e, secrets) in entries.iter_mut().zip(secrets) {
-        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
-        let mut scrub_at = |v: &mut Value| {
-            if let Some(s) = v.as_str() {
-                *v = Value::String(scrub(s, &secrets));
-            }
-        };
-        if let Some(env) = e["env"].as_object_mut() {
-            env.values_mut().for_each(&mut scrub_at);
-        }
-        if let Some(cmd) = e["command"].as_array_mut() {
-            cmd.iter_mut().for_each(&mut scrub_at);
-        }
-        scrub_at(&mut e["reason"]);
-        scrub_at(&mut e["last_probe"]["error"]);
     }
 }
 
@@ -564,26 +524,7 @@ fn nofile_soft() -> u64 {
     r.rlim_cur
 }
 
-/// Required entries that are not ready/done (skipped ones count as fine).
-pub fn not_ready(status: &Value) -> Vec<Value> {
-    status["entries"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|e| {
-                    e["required"].as_bool() == Some(true)
-                        && !matches!(
-                            e["state"].as_str(),
-                            Some("ready" | "done" | "cached" | "skipped" | "off")
-                        )
-                })
-                .map(|e| json!({"name": e["name"], "state": e["state"], "reason": e["reason"]}))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-pub fn render_metrics(v: &Value) -> String {
+pub fn render_metrics(st: &Status) -> String {
     let mut s = String::new();
     let mut family = |name: &str, help: &str, kind: &str, rows: Vec<(String, f64)>| {
         s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
@@ -591,82 +532,76 @@ pub fn render_metrics(v: &Value) -> String {
             s.push_str(&format!("{name}{labels} {val}\n"));
         }
     };
-    let entries = v["entries"].as_array().cloned().unwrap_or_default();
-    let lab = |e: &Value| {
+    let kind = |e: &EntryStatus| e.kind.as_str();
+    let lab = |e: &EntryStatus| {
         format!(
             "{{entry=\"{}\",kind=\"{}\"}}",
-            label_escape(e["name"].as_str().unwrap_or("")),
-            label_escape(e["kind"].as_str().unwrap_or(""))
+            label_escape(&e.name),
+            kind(e)
         )
     };
-    let rows =
-        |f: &dyn Fn(&Value) -> f64| entries.iter().map(|e| (lab(e), f(e))).collect::<Vec<_>>();
+    let rows = |f: &dyn Fn(&EntryStatus) -> f64| {
+        st.entries
+            .iter()
+            .map(|e| (lab(e), f(e)))
+            .collect::<Vec<_>>()
+    };
     family(
         "dmp_entry_up",
         "1 if the entry has a live process",
         "gauge",
-        rows(&|e| f64::from(u8::from(e["pid"].is_number()))),
+        rows(&|e| f64::from(u8::from(e.pid.is_some()))),
     );
     family(
         "dmp_entry_ready",
         "1 if the entry is ready (longrun) or done (oneshot)",
         "gauge",
-        rows(&|e| f64::from(u8::from(e["ready"].as_bool() == Some(true)))),
+        rows(&|e| f64::from(u8::from(e.ready))),
     );
     family(
         "dmp_entry_restarts_total",
         "restarts of the entry",
         "counter",
-        rows(&|e| e["restarts"].as_f64().unwrap_or(0.0)),
+        rows(&|e| f64::from(e.restarts)),
     );
     family(
         "dmp_entry_last_exit_code",
         "last exit code (128+n for a signal, -1 if none yet)",
         "gauge",
         rows(&|e| {
-            let x = &e["last_exit"];
-            if x.is_null() {
-                -1.0
-            } else if let Some(c) = x["code"].as_f64() {
-                c
-            } else {
-                let sig = x["signal"]
-                    .as_str()
-                    .and_then(|s| s.parse::<nix::sys::signal::Signal>().ok())
-                    .map_or(0, |s| s as i32);
-                f64::from(128 + sig)
-            }
+            e.last_exit
+                .as_ref()
+                .map_or(-1.0, |x| f64::from(x.as_code()))
         }),
     );
     family(
         "dmp_entry_log_lines_total",
         "lines captured from the entry",
         "counter",
-        rows(&|e| e["log_lines"].as_f64().unwrap_or(0.0)),
+        rows(&|e| e.log_lines as f64),
     );
     family(
         "dmp_entry_time_to_ready_seconds",
         "start-to-ready time of the last start",
         "gauge",
-        entries
+        st.entries
             .iter()
-            .filter(|e| e["time_to_ready_s"].is_number())
-            .map(|e| (lab(e), e["time_to_ready_s"].as_f64().unwrap()))
+            .filter_map(|e| Some((lab(e), e.time_to_ready_s?)))
             .collect(),
     );
     family(
         "dmp_entry_state",
         "1 for the entry's current state",
         "gauge",
-        entries
+        st.entries
             .iter()
             .map(|e| {
                 (
                     format!(
                         "{{entry=\"{}\",kind=\"{}\",state=\"{}\"}}",
-                        label_escape(e["name"].as_str().unwrap_or("")),
-                        label_escape(e["kind"].as_str().unwrap_or("")),
-                        label_escape(e["state"].as_str().unwrap_or(""))
+                        label_escape(&e.name),
+                        kind(e),
+                        crate::supervisor::state_name(e.state)
                     ),
                     1.0,
                 )
@@ -692,29 +627,20 @@ pub fn render_metrics(v: &Value) -> String {
         "dmp_supervisor_uptime_seconds",
         "supervisor uptime",
         "gauge",
-        vec![(
-            String::new(),
-            v["supervisor"]["uptime_s"].as_f64().unwrap_or(0.0),
-        )],
+        vec![(String::new(), st.supervisor.uptime_s)],
     );
-    let output = &v["supervisor"]["output"];
+    let output = &st.supervisor.output;
     family(
         "dmp_output_dropped_lines_total",
         "service output lines dropped because the supervisor's stdout was not being read",
         "counter",
-        vec![(
-            String::new(),
-            output["dropped_lines"].as_f64().unwrap_or(0.0),
-        )],
+        vec![(String::new(), output.dropped_lines as f64)],
     );
     family(
         "dmp_output_queued_bytes",
         "formatted output waiting for stdout",
         "gauge",
-        vec![(
-            String::new(),
-            output["queued_bytes"].as_f64().unwrap_or(0.0),
-        )],
+        vec![(String::new(), output.queued_bytes as f64)],
     );
     family(
         "dmp_supervisor_resident_bytes",

@@ -1,5 +1,7 @@
 //! The client side of the same binary: talks HTTP over the Unix socket.
 
+use crate::state::State;
+use crate::status::{Health, Status};
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
@@ -73,39 +75,42 @@ pub async fn status(c: &Client, as_json: bool, all: bool) -> i32 {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return 0;
     }
-    let s = &v["supervisor"];
+    let st: Status = match serde_json::from_value(v) {
+        Ok(st) => st,
+        Err(e) => {
+            eprintln!("error: the supervisor's status is not what this client knows: {e}");
+            return EXIT_NEGATIVE;
+        }
+    };
+    let s = &st.supervisor;
     println!(
         "supervisor {} (pid {}, up {:.0}s, v{})",
-        s["state"].as_str().unwrap_or("?"),
-        s["pid"],
-        s["uptime_s"].as_f64().unwrap_or(0.0),
-        s["version"].as_str().unwrap_or("?")
+        s.state.as_str(),
+        s.pid,
+        s.uptime_s,
+        s.version
     );
     println!(
         "{:<24} {:<8} {:<9} {:>7} {:>8} {:>9}  reason",
         "ENTRY", "KIND", "STATE", "PID", "RESTARTS", "READY(s)"
     );
     let mut skipped = Vec::new();
-    for e in v["entries"].as_array().into_iter().flatten() {
-        if !all && e["state"] == "skipped" {
-            skipped.push(e["name"].as_str().unwrap_or("?"));
+    for e in &st.entries {
+        if !all && e.state == State::Skipped {
+            skipped.push(e.name.as_str());
             continue;
         }
         println!(
             "{:<24} {:<8} {:<9} {:>7} {:>8} {:>9}  {}",
-            e["name"].as_str().unwrap_or(""),
-            e["kind"].as_str().unwrap_or(""),
-            e["state"].as_str().unwrap_or(""),
-            e["pid"]
-                .as_u64()
-                .map(|p| p.to_string())
-                .unwrap_or("-".into()),
-            e["restarts"],
-            e["time_to_ready_s"]
-                .as_f64()
+            e.name,
+            e.kind.as_str(),
+            crate::supervisor::state_name(e.state),
+            e.pid.map(|p| p.to_string()).unwrap_or("-".into()),
+            e.restarts,
+            e.time_to_ready_s
                 .map(|t| format!("{t:.2}"))
                 .unwrap_or("-".into()),
-            reason_text(e)
+            e.reason_with_last_line()
         );
     }
     if !skipped.is_empty() {
@@ -115,31 +120,13 @@ pub async fn status(c: &Client, as_json: bool, all: bool) -> i32 {
             skipped.join(", ")
         );
     }
-    if let Ok(path) =
-        serde_json::from_value::<Vec<crate::progress::Link>>(v["critical_path"].clone())
-    {
-        if !path.is_empty() {
-            println!("critical path: {}", crate::progress::path_text(&path));
-        }
+    if !st.critical_path.is_empty() {
+        println!(
+            "critical path: {}",
+            crate::progress::path_text(&st.critical_path)
+        );
     }
     0
-}
-
-/// An entry's reason; for a failed entry, with the last line it logged.
-fn reason_text(e: &Value) -> String {
-    let reason = e["reason"].as_str().unwrap_or("").to_string();
-    let last = e["log_tail"].as_array().and_then(|t| {
-        t.iter()
-            .rev()
-            .filter_map(Value::as_str)
-            .find(|l| !l.trim().is_empty())
-    });
-    match last {
-        Some(l) if e["state"] == "failed" && !reason.contains(l.trim()) => {
-            format!("{reason}; last log line: {}", l.trim())
-        }
-        _ => reason,
-    }
 }
 
 pub async fn health(c: &Client) -> i32 {
@@ -149,17 +136,13 @@ pub async fn health(c: &Client) -> i32 {
             0
         }
         Ok((_, v)) => {
-            let list: Vec<String> = v["not_ready"]
-                .as_array()
+            let h: Option<Health> = serde_json::from_value(v.clone()).ok();
+            let list: Vec<String> = h
                 .into_iter()
-                .flatten()
+                .flat_map(|h| h.not_ready)
                 .map(|e| {
-                    let mut s = format!(
-                        "{} ({})",
-                        e["name"].as_str().unwrap_or("?"),
-                        e["state"].as_str().unwrap_or("?")
-                    );
-                    if let Some(r) = e["reason"].as_str() {
+                    let mut s = format!("{} ({})", e.name, crate::supervisor::state_name(e.state));
+                    if let Some(r) = e.reason {
                         s.push_str(&format!(": {r}"));
                     }
                     s

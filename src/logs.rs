@@ -207,15 +207,25 @@ impl Output {
     }
 
     /// For status `supervisor.output` and the metrics.
-    pub fn stats(&self) -> serde_json::Value {
-        serde_json::json!({
-            "queued_bytes": self.lock().buf.len(),
-            "queue_limit_bytes": OUTPUT_QUEUE,
-            "written_bytes": self.written_bytes.load(Ordering::Relaxed),
-            "dropped_lines": self.dropped_lines.load(Ordering::Relaxed),
-            "dropped_bytes": self.dropped_bytes.load(Ordering::Relaxed),
-        })
+    pub fn stats(&self) -> OutputStats {
+        OutputStats {
+            queued_bytes: self.lock().buf.len() as u64,
+            queue_limit_bytes: OUTPUT_QUEUE as u64,
+            written_bytes: self.written_bytes.load(Ordering::Relaxed),
+            dropped_lines: self.dropped_lines.load(Ordering::Relaxed),
+            dropped_bytes: self.dropped_bytes.load(Ordering::Relaxed),
+        }
     }
+}
+
+/// The supervisor's own stdout queue (status `supervisor.output`, metrics).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct OutputStats {
+    pub queued_bytes: u64,
+    pub queue_limit_bytes: u64,
+    pub written_bytes: u64,
+    pub dropped_lines: u64,
+    pub dropped_bytes: u64,
 }
 
 /// One entry's log: a bounded ring of recent lines plus a broadcast for followers.
@@ -632,8 +642,8 @@ mod tests {
         }
         assert!(start.elapsed() < std::time::Duration::from_secs(5));
         let st = out.stats();
-        assert!(st["dropped_lines"].as_u64().unwrap() > 5_000, "{st}");
-        assert!(st["queued_bytes"].as_u64().unwrap() <= (OUTPUT_QUEUE + 2000) as u64);
+        assert!(st.dropped_lines > 5_000, "{st:?}");
+        assert!(st.queued_bytes <= (OUTPUT_QUEUE + 2000) as u64);
         assert_eq!(log.total_lines(), 20_000);
         assert!(!out.flush(std::time::Duration::from_millis(50)));
         drop(release);

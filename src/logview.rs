@@ -3,7 +3,6 @@
 
 use crate::cli::{Client, EXIT_NEGATIVE, EXIT_UNKNOWN, EXIT_UNREACHABLE};
 use http_body_util::BodyExt;
-use serde_json::Value;
 use std::io::Write;
 use std::time::Duration;
 
@@ -103,13 +102,12 @@ async fn entry_names(c: &Client) -> Result<Vec<String>, i32> {
         .await
         .map_err(|_| EXIT_UNREACHABLE)?
         .to_bytes();
-    let v: Value = serde_json::from_slice(&b).map_err(|_| EXIT_NEGATIVE)?;
-    Ok(v["entries"]
-        .as_array()
+    let st: crate::status::Status = serde_json::from_slice(&b).map_err(|_| EXIT_NEGATIVE)?;
+    Ok(st
+        .entries
         .into_iter()
-        .flatten()
-        .filter(|e| e["state"] != "skipped")
-        .filter_map(|e| e["name"].as_str().map(String::from))
+        .filter(|e| e.state != crate::state::State::Skipped)
+        .map(|e| e.name)
         .collect())
 }
 

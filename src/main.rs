@@ -25,6 +25,7 @@ mod redact;
 mod runner;
 mod sockets;
 mod state;
+mod status;
 mod supervisor;
 mod unavailable;
 mod wait;

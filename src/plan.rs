@@ -1,15 +1,24 @@
 //! The validated, immutable plan the supervisor runs (output of `config::load`).
 
 use nix::sys::signal::Signal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Longrun,
     Oneshot,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Longrun => "longrun",
+            Kind::Oneshot => "oneshot",
+        }
+    }
 }
 
 /// What a dependent waits for.

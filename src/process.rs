@@ -11,16 +11,18 @@
 use crate::plan::Entry;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
 /// How a process ended.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ExitInfo {
     pub code: Option<i32>,
-    pub signal: Option<String>,
+    /// Shown by name (`SIGKILL`).
+    #[serde(with = "signal_name")]
+    pub signal: Option<Signal>,
     /// Unix ms.
     pub at: u64,
 }
@@ -30,10 +32,7 @@ impl ExitInfo {
         use std::os::unix::process::ExitStatusExt;
         ExitInfo {
             code: st.code(),
-            signal: st
-                .signal()
-                .and_then(|s| Signal::try_from(s).ok())
-                .map(|s| s.as_str().to_string()),
+            signal: st.signal().and_then(|s| Signal::try_from(s).ok()),
             at: crate::logs::now_ms(),
         }
     }
@@ -46,7 +45,7 @@ impl ExitInfo {
     pub fn as_code(&self) -> i32 {
         match (&self.code, &self.signal) {
             (Some(c), _) => *c,
-            (None, Some(s)) => 128 + s.parse::<Signal>().map(|s| s as i32).unwrap_or(0),
+            (None, Some(s)) => 128 + *s as i32,
             _ => 1,
         }
     }
@@ -54,9 +53,28 @@ impl ExitInfo {
     pub fn describe(&self) -> String {
         match (&self.code, &self.signal) {
             (Some(c), _) => format!("exit code {c}"),
-            (None, Some(s)) => format!("signal {s}"),
+            (None, Some(s)) => format!("signal {}", s.as_str()),
             _ => "unknown status".into(),
         }
+    }
+}
+
+/// `ExitInfo::signal` as its name in JSON (`"SIGTERM"`), parsed back by clients.
+mod signal_name {
+    use nix::sys::signal::Signal;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &Option<Signal>, ser: S) -> Result<S::Ok, S::Error> {
+        match s {
+            Some(s) => ser.serialize_some(s.as_str()),
+            None => ser.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Signal>, D::Error> {
+        Option::<String>::deserialize(de)?
+            .map(|s| s.parse().map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 

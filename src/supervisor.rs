@@ -7,7 +7,7 @@ use crate::plan::{Entry, Kind, Plan};
 use crate::process::ExitInfo;
 use crate::runner::{Cause, Event, EventKind, RunnerCmd};
 use crate::state::{Decision, RestartHistory, State};
-use serde_json::{json, Value};
+use crate::status::{EntryStatus, Overall, Status};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
@@ -67,7 +67,6 @@ impl From<String> for Refused {
 
 /// Requests to the control loop (from the API / CLI).
 pub enum Control {
-    Status(oneshot::Sender<Value>),
     Act {
         action: Action,
         name: String,
@@ -104,11 +103,22 @@ pub struct Shared {
     pub watch: Vec<Arc<crate::watch::WatchState>>,
     /// State changes as they happen (src/progress.rs; `GET /_supervisor/events`).
     pub events: tokio::sync::broadcast::Sender<crate::progress::Event>,
+    /// The latest status, published by the loop after every step (src/status.rs).
+    pub status: tokio::sync::watch::Receiver<Arc<Status>>,
+    /// The supervisor's stdout queue (its counters are read into status).
+    pub out: Arc<Output>,
 }
 
 impl Shared {
     pub fn log(&self, name: &str) -> Option<&Arc<EntryLog>> {
         self.plan.index(name).map(|i| &self.logs[i])
+    }
+
+    /// The latest status with its live fields filled in (not yet scrubbed of secrets).
+    pub fn status(&self) -> Status {
+        let mut st = Status::clone(&self.status.borrow());
+        st.refresh(self);
+        st
     }
 }
 
@@ -124,7 +134,7 @@ struct Rt {
     restarts: u32,
     last_exit: Option<ExitInfo>,
     reason: Option<String>,
-    last_probe: Option<(bool, Option<String>, u64)>,
+    last_probe: Option<crate::status::ProbeResult>,
     history: RestartHistory,
     /// Bumped on every start/stop so stale backoff timers are ignored.
     gen: u64,
@@ -171,6 +181,7 @@ pub struct Supervisor {
     stop_plan: Option<std::path::PathBuf>,
     stop_plan_written: String,
     progress: ProgressCtl,
+    status: tokio::sync::watch::Sender<Arc<Status>>,
 }
 
 /// The loop's side of src/progress.rs: the broadcast and whether the stack was ready yet.
@@ -209,12 +220,28 @@ impl Supervisor {
         let started = Instant::now();
         let watch = crate::watch::WatchState::for_plan(&plan);
         let (events, _) = tokio::sync::broadcast::channel(1024);
+        let (status_tx, status_rx) = tokio::sync::watch::channel(Arc::new(Status {
+            event_seq: 0,
+            critical_path: Vec::new(),
+            supervisor: crate::status::SupervisorStatus {
+                version: env!("CARGO_PKG_VERSION").into(),
+                pid: std::process::id(),
+                uptime_s: 0.0,
+                state: Overall::Starting,
+                config: plan.file.clone(),
+                output: Default::default(),
+                started: Some(started),
+            },
+            entries: Vec::new(),
+        }));
         let shared = Arc::new(Shared {
             plan: plan.clone(),
             logs: logs.clone(),
             control: ctl_tx,
             watch: watch.clone(),
             events: events.clone(),
+            status: status_rx,
+            out: out.clone(),
         });
         let rt = plan
             .entries
@@ -255,7 +282,9 @@ impl Supervisor {
                 ready_announced: false,
                 url: String::new(),
             },
+            status: status_tx,
         };
+        sup.publish();
         (sup, shared)
     }
 
@@ -328,6 +357,7 @@ impl Supervisor {
             }
             self.schedule();
             self.write_stop_plan();
+            self.publish();
         }
         for w in self.shutdown_waiters.drain(..) {
             let _ = w.send(());
@@ -378,9 +408,7 @@ impl Supervisor {
     fn status_text(&self) -> String {
         let mut s = format!(
             "dmp-contained status (SIGUSR2): {}\n",
-            self.status()["supervisor"]["state"]
-                .as_str()
-                .unwrap_or_default()
+            self.overall().as_str()
         );
         for i in 0..self.rt.len() {
             let pid = self.rt[i].pid.map(|p| p.to_string()).unwrap_or("-".into());
@@ -742,7 +770,11 @@ impl Supervisor {
                 tracing::info!("{name}: started (pid {pid})");
             }
             EventKind::Probe(r) => {
-                self.rt[i].last_probe = Some((r.is_ok(), r.err(), crate::logs::now_ms()));
+                self.rt[i].last_probe = Some(crate::status::ProbeResult {
+                    ok: r.is_ok(),
+                    error: r.err(),
+                    at: crate::logs::now_ms(),
+                });
             }
             EventKind::Ready => {
                 if self.state(i) == State::Starting {
@@ -917,9 +949,6 @@ impl Supervisor {
 
     fn on_control(&mut self, c: Control) {
         match c {
-            Control::Status(reply) => {
-                let _ = reply.send(self.status());
-            }
             Control::Shutdown(reply) => {
                 self.shutdown_waiters.push(reply);
                 self.begin_shutdown(None);
@@ -1056,40 +1085,35 @@ impl Supervisor {
         }
     }
 
-    fn status(&self) -> Value {
-        let entries: Vec<Value> = (0..self.rt.len()).map(|i| self.entry_status(i)).collect();
-        let state = if self.stopping.is_some() {
-            "stopping"
-        } else if (0..self.rt.len())
-            .any(|i| self.state(i) == State::Failed && !self.entry(i).optional)
-        {
-            "degraded"
-        } else if (0..self.rt.len()).all(|i| self.state(i).is_healthy() || self.entry(i).optional) {
-            "running"
+    /// The stack as a whole.
+    fn overall(&self) -> Overall {
+        let n = self.rt.len();
+        if self.stopping.is_some() {
+            Overall::Stopping
+        } else if (0..n).any(|i| self.state(i) == State::Failed && !self.entry(i).optional) {
+            Overall::Degraded
+        } else if (0..n).all(|i| self.state(i).is_healthy() || self.entry(i).optional) {
+            Overall::Running
         } else {
-            "starting"
-        };
-        let progress = self.progress_status();
-        json!({
-            "event_seq": progress["event_seq"],
-            "critical_path": progress["critical_path"],
-            "supervisor": {
-                "version": env!("CARGO_PKG_VERSION"),
-                "pid": std::process::id(),
-                "uptime_s": self.started.elapsed().as_secs_f64(),
-                "state": state,
-                "config": self.plan.file,
-                "output": self.out.stats(),
-            },
-            "entries": entries,
-        })
+            Overall::Starting
+        }
     }
 
-    fn entry_status(&self, i: usize) -> Value {
+    /// Publishes the status of this moment (readers fill in the live fields).
+    fn publish(&self) {
+        let mut st = Status::clone(&self.status.borrow());
+        st.event_seq = self.progress.seq;
+        st.critical_path = self.critical_path_status();
+        st.supervisor.state = self.overall();
+        st.entries = (0..self.rt.len()).map(|i| self.entry_status(i)).collect();
+        self.status.send_replace(Arc::new(st));
+    }
+
+    fn entry_status(&self, i: usize) -> EntryStatus {
         let e = self.entry(i);
         let r = &self.rt[i];
         let s = self.state(i);
-        let env: serde_json::Map<String, Value> = e
+        let env = e
             .declared_env
             .iter()
             .map(|(k, v)| {
@@ -1098,37 +1122,44 @@ impl Supervisor {
                 } else {
                     v.clone()
                 };
-                (k.clone(), Value::String(shown))
+                (k.clone(), shown)
             })
             .collect();
         let (waited_s, duration_s) = self.span_status(i);
-        json!({
-            "name": e.name,
-            "waited_s": waited_s,
-            "duration_s": duration_s,
-            "kind": e.kind,
-            "state": s,
-            "pid": r.pid,
-            "ready": s.satisfies(crate::plan::Cond::Ready) || s.satisfies(crate::plan::Cond::Done),
-            "required": !e.optional,
-            "critical": e.critical,
-            "started_at": r.started_at,
-            "ready_at": r.ready_at,
-            "uptime_s": (s.is_active()).then(|| r.started.map(|t| t.elapsed().as_secs_f64())).flatten(),
-            "time_to_ready_s": r.time_to_ready.map(|d| d.as_secs_f64()),
-            "restarts": r.restarts,
-            "runs": r.runs,
-            "last_exit": r.last_exit,
-            "last_probe": r.last_probe.as_ref().map(|(ok, err, at)| json!({"ok": ok, "error": err, "at": at})),
-            "reason": r.reason.clone().or_else(|| self.waiting_for(i)),
-            "after": e.after.iter().map(|d| d.label()).collect::<Vec<_>>(),
-            "command": e.command,
-            "env": env,
-            "log_lines": self.logs[i].total_lines(),
-            "watch": self.watch[i].json(),
-            "cache_key": self.cache_key(i),
-            "log_tail": (s == State::Failed).then(|| self.logs[i].tail(20).iter().map(|l| l.text.clone()).collect::<Vec<_>>()),
-        })
+        EntryStatus {
+            name: e.name.clone(),
+            waited_s,
+            duration_s,
+            kind: e.kind,
+            state: s,
+            pid: r.pid,
+            ready: s.satisfies(crate::plan::Cond::Ready) || s.satisfies(crate::plan::Cond::Done),
+            required: !e.optional,
+            critical: e.critical,
+            started_at: r.started_at,
+            ready_at: r.ready_at,
+            uptime_s: None,
+            time_to_ready_s: r.time_to_ready.map(|d| d.as_secs_f64()),
+            restarts: r.restarts,
+            runs: r.runs,
+            last_exit: r.last_exit.clone(),
+            last_probe: r.last_probe.clone(),
+            reason: r.reason.clone().or_else(|| self.waiting_for(i)),
+            after: e.after.iter().map(|d| d.label()).collect(),
+            command: e.command.clone(),
+            env,
+            log_lines: 0,
+            watch: None,
+            cache_key: self.cache_key(i),
+            log_tail: (s == State::Failed).then(|| {
+                self.logs[i]
+                    .tail(20)
+                    .iter()
+                    .map(|l| l.text.clone())
+                    .collect()
+            }),
+            started: r.started,
+        }
     }
 
     /// For a waiting entry: which dependencies it still waits for, and where they are.

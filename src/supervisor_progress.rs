@@ -5,7 +5,6 @@
 use super::Supervisor;
 use crate::progress::{critical_path, Event, Link};
 use crate::state::State;
-use serde_json::{json, Value};
 
 impl Supervisor {
     /// The URL the ready line tells a person to open.
@@ -86,12 +85,13 @@ impl Supervisor {
         critical_path(&spans)
     }
 
-    /// Status fields: `event_seq` (the last event this snapshot includes) and `critical_path`.
-    pub(super) fn progress_status(&self) -> Value {
-        json!({
-            "event_seq": self.progress.seq,
-            "critical_path": if self.progress.ready_announced { self.critical_path() } else { Vec::new() },
-        })
+    /// Status `critical_path`: empty until the stack was ready once.
+    pub(super) fn critical_path_status(&self) -> Vec<Link> {
+        if self.progress.ready_announced {
+            self.critical_path()
+        } else {
+            Vec::new()
+        }
     }
 
     /// Per entry: `waited_s` (start of the supervisor to leaving `waiting`) and `duration_s`

@@ -11,11 +11,13 @@
 //!   shows the example app's "clone it" page.
 
 use crate::api::{Api, Resp};
+use crate::state::State;
+use crate::status::EntryStatus;
 use crate::supervisor::Control;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -34,19 +36,24 @@ pub async fn respond(api: &Api, name: &str, original_uri: Option<&str>, as_json:
             &format!("no entry `{name}`"),
         );
     };
-    let Some(status) = api.status().await else {
+    let status = api.status();
+    let Some(e) = status.entries.get(idx) else {
         return page(
             StatusCode::SERVICE_UNAVAILABLE,
             as_json,
             name,
             "unknown",
-            "the supervisor loop is not answering",
+            "the supervisor has not published its status yet",
         );
     };
-    let e = &status["entries"][idx];
-    let state = e["state"].as_str().unwrap_or("unknown").to_string();
-    if state == "skipped" {
-        return page(StatusCode::NOT_FOUND, as_json, name, &state, &reason(e));
+    if e.state == State::Skipped {
+        return page(
+            StatusCode::NOT_FOUND,
+            as_json,
+            name,
+            "skipped",
+            &e.reason_with_last_line(),
+        );
     }
     if let Some(uri) = original_uri.filter(|u| u.starts_with('/')) {
         if being_reloaded(e) && settled_ready(api, idx).await {
@@ -59,29 +66,23 @@ pub async fn respond(api: &Api, name: &str, original_uri: Option<&str>, as_json:
         }
     }
     // Read again: holding may have ended in a failure with a new reason.
-    let e = match api.status().await {
-        Some(s) => s["entries"][idx].clone(),
-        None => e.clone(),
-    };
-    let state = e["state"].as_str().unwrap_or("unknown");
+    let status = api.status();
+    let e = status.entries.get(idx).unwrap_or(e);
     page(
         StatusCode::SERVICE_UNAVAILABLE,
         as_json,
         name,
-        state,
-        &reason(&e),
+        &crate::supervisor::state_name(e.state),
+        &e.reason_with_last_line(),
     )
 }
 
 /// On its way to ready after having run (hot reload, restart; `runs` counts starts, so a
 /// restart's stop and wait have `runs >= 1` and its start `runs >= 2`), or starting now?
-fn being_reloaded(e: &Value) -> bool {
-    let reloading = e["watch"]["reloading"].as_bool() == Some(true);
-    let restarting = e["runs"].as_u64().unwrap_or(0) >= 1
-        && matches!(
-            e["state"].as_str(),
-            Some("starting" | "stopping" | "waiting")
-        );
+fn being_reloaded(e: &EntryStatus) -> bool {
+    let reloading = e.watch.as_ref().is_some_and(|w| w.reloading);
+    let restarting =
+        e.runs >= 1 && matches!(e.state, State::Starting | State::Stopping | State::Waiting);
     reloading || restarting
 }
 
@@ -100,23 +101,9 @@ async fn settled_ready(api: &Api, idx: usize) -> bool {
     matches!(tokio::time::timeout(HOLD, rx).await, Ok(Ok(Ok(()))))
 }
 
-/// The reason from status; for a failure, with the last line the app logged.
-fn reason(e: &Value) -> String {
-    let mut r = e["reason"].as_str().unwrap_or("").to_string();
-    if let Some(last) = e["log_tail"].as_array().and_then(|t| {
-        t.iter()
-            .rev()
-            .filter_map(Value::as_str)
-            .find(|l| !l.trim().is_empty())
-    }) {
-        if !r.contains(last.trim()) {
-            r = format!("{r}; last log line: {}", last.trim());
-        }
-    }
-    r
-}
-
 fn page(code: StatusCode, as_json: bool, name: &str, state: &str, reason: &str) -> Resp {
+    let reason = crate::redact::global().apply(reason);
+    let reason = reason.as_ref();
     let (ctype, body) = if as_json {
         let v = json!({"status": "error", "app": name, "state": state, "reason": reason,
             "message": format!("{name} is {state}: {reason}")});
@@ -162,17 +149,6 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reason_has_the_last_log_line_once() {
-        let e = json!({"reason": "crash loop", "log_tail": ["a", "ImportError: no module x", ""]});
-        assert_eq!(
-            reason(&e),
-            "crash loop; last log line: ImportError: no module x"
-        );
-        let e = json!({"reason": "failed: ImportError: no module x", "log_tail": ["ImportError: no module x"]});
-        assert_eq!(reason(&e), "failed: ImportError: no module x");
-    }
 
     #[test]
     fn html_is_escaped() {

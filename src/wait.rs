@@ -4,8 +4,8 @@
 use crate::cli::{Client, EXIT_NEGATIVE, EXIT_UNKNOWN, EXIT_UNREACHABLE};
 use crate::progress::{Event, Mode, Renderer};
 use crate::state::State;
+use crate::status::Status;
 use http_body_util::BodyExt;
-use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -20,15 +20,15 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     }
 }
 
-async fn get_json(c: &Client, path: &str) -> Result<Value, String> {
-    let r = c.request("GET", path).await?;
+async fn get_status(c: &Client) -> Result<Status, String> {
+    let r = c.request("GET", "/status").await?;
     let b = r
         .body
         .collect()
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    serde_json::from_slice(&b).map_err(|e| format!("{path}: {e}"))
+    serde_json::from_slice(&b).map_err(|e| format!("/status: {e}"))
 }
 
 enum Outcome {
@@ -50,33 +50,24 @@ fn judge(targets: &[String], states: &HashMap<String, State>) -> Option<Outcome>
         .then_some(Outcome::Ready)
 }
 
-fn states_of(status: &Value) -> HashMap<String, State> {
-    status["entries"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| {
-            let s = serde_json::from_value(e["state"].clone()).ok()?;
-            Some((e["name"].as_str()?.to_string(), s))
-        })
+fn states_of(status: &Status) -> HashMap<String, State> {
+    status
+        .entries
+        .iter()
+        .map(|e| (e.name.clone(), e.state))
         .collect()
 }
 
 /// Prints why `name` is not ready (its state, reason and last log lines) from a status snapshot.
-fn explain(status: &Value, name: &str, what: &str) {
-    let Some(e) = status["entries"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| e["name"] == name)
-    else {
+fn explain(status: &Status, name: &str, what: &str) {
+    let Some(e) = status.entry(name) else {
         return;
     };
     eprintln!(
         "{what}: {name} ({}){}",
-        e["state"].as_str().unwrap_or("?"),
-        e["reason"]
-            .as_str()
+        crate::supervisor::state_name(e.state),
+        e.reason
+            .as_deref()
             .map(|r| format!(": {r}"))
             .unwrap_or_default()
     );
@@ -111,27 +102,24 @@ pub async fn wait(c: &Client, names: &[String], timeout: Duration) -> i32 {
         }
     };
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut status = match get_json(c, "/status").await {
+    let mut status = match get_status(c).await {
         Ok(v) => v,
         Err(e) => {
             eprintln!("error: {e}");
             return EXIT_UNREACHABLE;
         }
     };
-    let entries: Vec<Value> = status["entries"].as_array().cloned().unwrap_or_default();
+    let entries = &status.entries;
     let targets: Vec<String> = if names.is_empty() {
         entries
             .iter()
-            .filter(|e| e["required"] == true)
-            .filter_map(|e| e["name"].as_str().map(String::from))
+            .filter(|e| e.required)
+            .map(|e| e.name.clone())
             .collect()
     } else {
         names.to_vec()
     };
-    if let Some(n) = targets
-        .iter()
-        .find(|n| !entries.iter().any(|e| e["name"] == n.as_str()))
-    {
+    if let Some(n) = targets.iter().find(|n| status.entry(n).is_none()) {
         eprintln!("error: unknown entry `{n}`");
         return EXIT_UNKNOWN;
     }
@@ -139,28 +127,21 @@ pub async fn wait(c: &Client, names: &[String], timeout: Duration) -> i32 {
         Mode::Plain,
         entries
             .iter()
-            .filter_map(|e| {
-                let name = e["name"].as_str()?.to_string();
-                let required = targets.contains(&name);
-                let after = e["after"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|d| {
-                        let d = d.as_str()?.split(':').next()?.trim_end_matches('?');
-                        entries.iter().position(|x| x["name"] == d)
-                    })
+            .map(|e| {
+                let after = e
+                    .dependency_names()
+                    .filter_map(|d| entries.iter().position(|x| x.name == d))
                     .collect();
-                Some((name, required, after))
+                (e.name.clone(), targets.contains(&e.name), after)
             })
             .collect(),
     );
-    let uptime = status["supervisor"]["uptime_s"].as_f64().unwrap_or(0.0);
+    let uptime = status.supervisor.uptime_s;
     let mut states = states_of(&status);
     for (n, s) in &states {
         renderer.seed(n, *s, None, uptime);
     }
-    let mut seq = status["event_seq"].as_u64().unwrap_or(0);
+    let mut seq = status.event_seq;
     let mut body = stream;
     let mut pending = Vec::<u8>::new();
     loop {
@@ -170,7 +151,7 @@ pub async fn wait(c: &Client, names: &[String], timeout: Duration) -> i32 {
                 return 0;
             }
             Some(Outcome::Failed(name)) => {
-                if let Ok(v) = get_json(c, "/status").await {
+                if let Ok(v) = get_status(c).await {
                     status = v;
                 }
                 explain(&status, &name, "failed");
@@ -182,7 +163,7 @@ pub async fn wait(c: &Client, names: &[String], timeout: Duration) -> i32 {
         let frame = tokio::time::timeout_at(deadline, body.frame()).await;
         let data = match frame {
             Err(_) => {
-                if let Ok(v) = get_json(c, "/status").await {
+                if let Ok(v) = get_status(c).await {
                     status = v;
                     states = states_of(&status);
                 }
@@ -228,8 +209,8 @@ pub async fn wait(c: &Client, names: &[String], timeout: Duration) -> i32 {
                 Ok(_) => {}
                 // `lagged`: events were missed; the snapshot is the truth again.
                 Err(_) => {
-                    if let Ok(v) = get_json(c, "/status").await {
-                        seq = v["event_seq"].as_u64().unwrap_or(seq);
+                    if let Ok(v) = get_status(c).await {
+                        seq = v.event_seq;
                         states = states_of(&v);
                     }
                 }

@@ -11,8 +11,7 @@
 use crate::plan::{Entry, Kind, Plan, Watch, WatchMode};
 use crate::supervisor::{Control, Shared};
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -296,7 +295,7 @@ impl Ignores {
 // ---------------------------------------------------------------------------------------------
 // Shared status of one entry (written by its watcher task, read by the control loop).
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainRecord {
     /// Unix time in ms when the reload began.
     pub at: u64,
@@ -304,21 +303,47 @@ pub struct TrainRecord {
     pub files: Vec<String>,
     pub count: usize,
     /// Set when the train came from another entry (`restart_with`, a step's dependents).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
     pub duration_s: f64,
     /// `ready` (longrun), `done` (oneshot) or `failed`.
     pub outcome: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_tail: Vec<String>,
     /// Entries reloaded after this one (dependents of a step, `restart_with`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub cascade: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cascade: Vec<CascadeRecord>,
     /// The watch actions the train ran, when not a plain restart (src/watch_actions.rs).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+}
+
+/// One entry reloaded after a train's own entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CascadeRecord {
+    pub name: String,
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+/// The `watch` field of an entry's status (src/status.rs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WatchStatus {
+    pub watched: bool,
+    /// `native`, `poll` or `error` once the watcher is set up.
+    pub mode: Option<String>,
+    /// Why `auto` ended up polling, or why watching failed.
+    pub note: Option<String>,
+    pub paused: bool,
+    /// Changed files waiting for the next train.
+    pub pending: usize,
+    pub reloading: bool,
+    pub reloads: u64,
+    /// Why this entry still runs older code (its step failed).
+    pub held: Option<String>,
+    pub trains: Vec<TrainRecord>,
 }
 
 #[derive(Debug, Default)]
@@ -406,22 +431,22 @@ impl WatchState {
     }
 
     /// The `watch` field of the entry's status (None: not watched, not a cascade target).
-    pub fn json(&self) -> Option<Value> {
+    pub fn status(&self) -> Option<WatchStatus> {
         if !self.watched && !self.cascaded {
             return None;
         }
         let i = self.info();
-        Some(json!({
-            "watched": self.watched,
-            "mode": i.mode,
-            "note": i.note,
-            "paused": *self.paused.borrow(),
-            "pending": i.pending,
-            "reloading": i.reloading,
-            "reloads": i.reloads,
-            "held": i.held,
-            "trains": i.trains,
-        }))
+        Some(WatchStatus {
+            watched: self.watched,
+            mode: i.mode.map(String::from),
+            note: i.note.clone(),
+            paused: *self.paused.borrow(),
+            pending: i.pending,
+            reloading: i.reloading,
+            reloads: i.reloads,
+            held: i.held.clone(),
+            trains: i.trains.iter().cloned().collect(),
+        })
     }
 }
 
@@ -971,11 +996,11 @@ async fn reload_train(shared: Arc<Shared>, idx: usize, files: Vec<String>) {
             set.spawn(async move { (t, reload_one(&sh, t, f, count, Some(via)).await) });
         }
         while let Some(Ok((t, r))) = set.join_next().await {
-            rec.cascade.push(json!({
-                "name": shared.plan.entries[t].name,
-                "outcome": r.outcome,
-                "error": r.error,
-            }));
+            rec.cascade.push(CascadeRecord {
+                name: shared.plan.entries[t].name.clone(),
+                outcome: r.outcome,
+                error: r.error,
+            });
         }
     }
     shared.watch[idx].record(rec);
