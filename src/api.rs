@@ -2,7 +2,7 @@
 //! Unix socket (mode 0600, trusted: mutations allowed) serving the same routes.
 
 use crate::status::{EntryStatus, Status};
-use crate::supervisor::{Action, Control, Shared};
+use crate::supervisor::{Action, Control, Refused, Shared};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming};
@@ -233,15 +233,15 @@ impl Api {
             .await;
         match answer {
             Ok(Ok(m)) => json_resp(StatusCode::OK, &json!({"ok": true, "message": m})),
-            Ok(Err(e)) if e.message.starts_with("unknown entry") => {
-                error(StatusCode::NOT_FOUND, e.message)
+            Ok(Err(e @ Refused::UnknownEntry { .. })) => {
+                error(StatusCode::NOT_FOUND, e.to_string())
             }
             // The step's own exit code, for `dmp-contained run STEP`'s exit status.
-            Ok(Err(e)) if action == Action::Run => json_resp(
+            Ok(Err(Refused::Failed { message, exit_code })) => json_resp(
                 StatusCode::CONFLICT,
-                &json!({ "error": e.message, "exit_code": e.exit_code }),
+                &json!({ "error": message, "exit_code": exit_code }),
             ),
-            Ok(Err(e)) => error(StatusCode::CONFLICT, e.message),
+            Ok(Err(e @ Refused::Conflict(_))) => error(StatusCode::CONFLICT, e.to_string()),
             Err(resp) => resp,
         }
     }

@@ -49,19 +49,31 @@ impl std::str::FromStr for Action {
     }
 }
 
-/// Why a mutation did not succeed; `exit_code` is a failed oneshot's own code (for `run`).
-#[derive(Debug, Clone)]
-pub struct Refused {
-    pub message: String,
-    pub exit_code: Option<i32>,
+/// Why a mutation did not succeed (src/api.rs maps each variant to its HTTP status).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refused {
+    #[error("unknown entry `{name}` (known: {known})")]
+    UnknownEntry { name: String, known: String },
+    /// A oneshot run by request failed; `exit_code` is its own code (for `run`'s exit status).
+    #[error("{message}")]
+    Failed {
+        message: String,
+        exit_code: Option<i32>,
+    },
+    /// Not possible in the entry's or the supervisor's present state.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl From<String> for Refused {
     fn from(message: String) -> Refused {
-        Refused {
-            message,
-            exit_code: None,
-        }
+        Refused::Conflict(message)
+    }
+}
+
+impl From<&str> for Refused {
+    fn from(message: &str) -> Refused {
+        Refused::Conflict(message.into())
     }
 }
 
@@ -930,7 +942,7 @@ impl Supervisor {
         let exit_code = self.rt[i].last_exit.as_ref().and_then(|x| x.code);
         self.resolve_waiters(
             i,
-            Err(Refused {
+            Err(Refused::Failed {
                 message: why,
                 exit_code,
             }),
@@ -981,7 +993,7 @@ impl Supervisor {
                     }
                     Ok(None) => self.rt[self.plan.index(&name).unwrap()].waiters.push(reply),
                     Err(e) => {
-                        let _ = reply.send(Err(e.into()));
+                        let _ = reply.send(Err(e));
                     }
                 }
             }
@@ -989,21 +1001,21 @@ impl Supervisor {
     }
 
     /// Applies a mutation. `Ok(None)` means: reply when the oneshot finishes.
-    fn act(&mut self, action: Action, name: &str) -> Result<Option<String>, String> {
+    fn act(&mut self, action: Action, name: &str) -> Result<Option<String>, Refused> {
         if self.stopping.is_some() {
             return Err("the supervisor is shutting down".into());
         }
-        let i = self
-            .plan
-            .index(name)
-            .ok_or_else(|| format!("unknown entry `{name}` (known: {})", self.plan.names()))?;
+        let i = self.plan.index(name).ok_or_else(|| Refused::UnknownEntry {
+            name: name.into(),
+            known: self.plan.names(),
+        })?;
         let s = self.state(i);
         let kind = self.entry(i).kind;
         if s == State::Skipped {
-            return Err(format!(
+            return Err(Refused::Conflict(format!(
                 "`{name}` is skipped: {}",
                 self.rt[i].reason.clone().unwrap_or_default()
-            ));
+            )));
         }
         if s == State::Off && matches!(action, Action::Start | Action::Run | Action::Restart) {
             return Ok(Some(self.turn_on(i)));
@@ -1012,7 +1024,8 @@ impl Supervisor {
         match action {
             Action::Pause | Action::Resume => self.watch[i]
                 .set_paused(action == Action::Pause, name)
-                .map(Some),
+                .map(Some)
+                .map_err(Refused::Conflict),
             Action::Stop => {
                 self.rt[i].user_stopped = true;
                 if s.is_active() && s != State::Stopping {
@@ -1024,9 +1037,9 @@ impl Supervisor {
             }
             Action::Start | Action::Run | Action::Restart => {
                 if action == Action::Run && kind != Kind::Oneshot {
-                    return Err(format!(
+                    return Err(Refused::Conflict(format!(
                         "`{name}` is a longrun; `run` is for [step] entries (use restart)"
-                    ));
+                    )));
                 }
                 if action == Action::Start && s.is_active() && s != State::Backoff {
                     return Ok(Some(format!("{name} is already {}", state_name(s))));
@@ -1036,9 +1049,9 @@ impl Supervisor {
                     if action == Action::Run {
                         return Ok(None);
                     }
-                    return Err(format!(
+                    return Err(Refused::Conflict(format!(
                         "`{name}` is running; a step never runs concurrently with itself (`run {name}` waits for this run's result)"
-                    ));
+                    )));
                 }
                 let deps_ok = self
                     .entry(i)
@@ -1046,9 +1059,9 @@ impl Supervisor {
                     .iter()
                     .all(|d| d.satisfied_by(self.state(d.idx)));
                 if !deps_ok {
-                    return Err(format!(
+                    return Err(Refused::Conflict(format!(
                         "`{name}` cannot start yet: its dependencies are not satisfied"
-                    ));
+                    )));
                 }
                 self.rt[i].user_stopped = false;
                 self.rt[i].history = RestartHistory::default();
