@@ -63,11 +63,40 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
 pub struct Api {
     pub shared: Arc<Shared>,
     pub token: Option<String>,
-    /// Secret values per entry (`secret_values`), to scrub from status.
-    pub secrets: Vec<Vec<String>>,
+    /// Secret values per entry name (`secret_values`, plus the token), to scrub from status;
+    /// computed once per plan (a config reload swaps the plan).
+    secrets: std::sync::Mutex<(Option<Arc<crate::plan::Plan>>, Arc<Secrets>)>,
 }
 
+type Secrets = std::collections::HashMap<String, Vec<String>>;
+
 impl Api {
+    pub fn new(shared: Arc<Shared>, token: Option<String>) -> Api {
+        Api {
+            shared,
+            token,
+            secrets: Default::default(),
+        }
+    }
+
+    fn secrets(&self) -> Arc<Secrets> {
+        let plan = self.shared.plan();
+        let mut cached = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        if !cached.0.as_ref().is_some_and(|p| Arc::ptr_eq(p, &plan)) {
+            let by_name = plan
+                .entries
+                .iter()
+                .zip(secret_values(&plan))
+                .map(|(e, mut v)| {
+                    v.extend(self.token.clone());
+                    (e.name.clone(), v)
+                })
+                .collect();
+            *cached = (Some(plan), Arc::new(by_name));
+        }
+        cached.1.clone()
+    }
+
     /// The loop's status snapshot, with secrets scrubbed.
     pub async fn status(&self) -> Option<Value> {
         let (tx, rx) = oneshot::channel();
@@ -76,7 +105,7 @@ impl Api {
             .await
             .ok()?
             .ok()?;
-        scrub_status(&mut v, &self.secrets);
+        scrub_status(&mut v, &self.secrets());
         crate::redact::global().apply_json(&mut v);
         Some(v)
     }
@@ -122,6 +151,12 @@ impl Api {
             (&Method::GET, ["metrics"]) => self.metrics().await,
             (&Method::GET, ["events"]) => self.events(),
             (&Method::GET, ["logs", name]) => self.logs(name, &query),
+            (&Method::POST, ["reload"]) => {
+                if !authorized {
+                    return self.forbidden();
+                }
+                self.config_reload().await
+            }
             (&Method::POST, ["entries", name, action]) | (&Method::POST, [action, name])
                 if action.parse::<Action>().is_ok() =>
             {
@@ -232,6 +267,20 @@ impl Api {
         rx.await.map_err(|_| gone())
     }
 
+    /// `POST /_supervisor/reload` (src/reload.rs): 200 with what changed, or 422 with every
+    /// error of the edited table (nothing changed).
+    async fn config_reload(&self) -> Resp {
+        let trigger = crate::reload::Trigger::Api;
+        match self
+            .ask(|reply| Control::ConfigReload { trigger, reply })
+            .await
+        {
+            Ok(Ok(report)) => json_resp(StatusCode::OK, &report),
+            Ok(Err(report)) => json_resp(StatusCode::UNPROCESSABLE_ENTITY, &report),
+            Err(resp) => resp,
+        }
+    }
+
     async fn act(&self, action: Action, name: &str) -> Resp {
         let owned = name.to_string();
         let answer = self
@@ -302,10 +351,9 @@ impl Api {
     fn events(&self) -> Resp {
         let rx = self.shared.events.subscribe();
         let (tx, body_rx) = mpsc::channel::<Bytes>(64);
-        let secrets: Vec<Vec<String>> = self.secrets.clone();
-        let plan = self.shared.plan.clone();
+        let secrets = self.secrets();
         tokio::spawn(crate::progress::pump_events(rx, tx, move |name, text| {
-            let s = plan.index(name).map(|i| &secrets[i]);
+            let s = secrets.get(name);
             let s: Vec<&str> = s.into_iter().flatten().map(String::as_str).collect();
             scrub(text, &s)
         }));
@@ -401,12 +449,15 @@ async fn pump_follower(
 }
 
 /// Scrubs secret values wherever the loop's snapshot could show them: declared env, command,
-/// reasons, probe errors. `secrets[i]` are entry `i`'s secret values (see `secret_values`).
-pub fn scrub_status(v: &mut Value, secrets: &[Vec<String>]) {
+/// reasons, probe errors. `secrets[name]` are that entry's secret values (see `secret_values`).
+pub fn scrub_status(v: &mut Value, secrets: &Secrets) {
     let Some(entries) = v["entries"].as_array_mut() else {
         return;
     };
-    for (e, secrets) in entries.iter_mut().zip(secrets) {
+    for e in entries.iter_mut() {
+        let Some(secrets) = e["name"].as_str().and_then(|n| secrets.get(n)) else {
+            continue;
+        };
         let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
         let mut scrub_at = |v: &mut Value| {
             if let Some(s) = v.as_str() {

@@ -115,6 +115,16 @@ pub async fn status(c: &Client, as_json: bool, all: bool) -> i32 {
             skipped.join(", ")
         );
     }
+    if v["config_reload"].is_object() {
+        print!("last {}", reload_text(&v["config_reload"]));
+        for e in v["config_reload"]["errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            println!("  error      {}", e.as_str().unwrap_or_default());
+        }
+    }
     if let Ok(path) =
         serde_json::from_value::<Vec<crate::progress::Link>>(v["critical_path"].clone())
     {
@@ -235,6 +245,70 @@ pub async fn shutdown(c: &Client) -> i32 {
         Ok((code, v)) => refused(code, &v),
         Err(e) => unreachable(e),
     }
+}
+
+/// `reload`: what changed, or every error (exit `invalid_code` when the table is invalid, 1
+/// when the reload was refused or something it started failed).
+pub async fn reload(c: &Client, invalid_code: i32) -> i32 {
+    let (status, v) = match c.json("POST", "/reload").await {
+        Ok(r) => r,
+        Err(e) => return unreachable(e),
+    };
+    if v["outcome"].is_null() {
+        return refused(status, &v);
+    }
+    print!("{}", reload_text(&v));
+    for e in v["errors"].as_array().into_iter().flatten() {
+        eprintln!("error: {}", e.as_str().unwrap_or_default());
+    }
+    match v["outcome"].as_str() {
+        Some("applied") => 0,
+        Some("invalid") => {
+            eprintln!("nothing changed: the running stack keeps the table it started with");
+            invalid_code
+        }
+        _ => EXIT_NEGATIVE,
+    }
+}
+
+/// A reload report (`config_reload` of status) as lines.
+fn reload_text(v: &Value) -> String {
+    let list = |k: &str| -> Vec<&str> {
+        v[k].as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect()
+    };
+    let took = match (v["at"].as_u64(), v["finished_at"].as_u64()) {
+        (Some(a), Some(b)) => format!(" in {:.2}s", b.saturating_sub(a) as f64 / 1000.0),
+        _ => String::new(),
+    };
+    let mut s = format!(
+        "config reload ({}): {}{took}\n",
+        v["trigger"].as_str().unwrap_or("?"),
+        v["outcome"].as_str().unwrap_or("?")
+    );
+    for k in ["added", "removed", "changed"] {
+        let l = list(k);
+        if !l.is_empty() {
+            s += &format!("  {k:<10} {}\n", l.join(", "));
+        }
+    }
+    if v["outcome"] != "invalid" && v["outcome"] != "refused" {
+        s += &format!("  unchanged  {} entries\n", list("unchanged").len());
+    }
+    for (k, label) in [
+        ("templates", "templates"),
+        ("template_actions", "reloaded"),
+        ("notes", "note"),
+    ] {
+        let l = list(k);
+        if !l.is_empty() {
+            s += &format!("  {label:<10} {}\n", l.join(", "));
+        }
+    }
+    s
 }
 
 /// The supervisor answered, but no: print its message, exit 1.

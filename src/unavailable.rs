@@ -25,7 +25,7 @@ const HOLD: Duration = Duration::from_secs(10);
 const REFRESH_S: u32 = 3;
 
 pub async fn respond(api: &Api, name: &str, original_uri: Option<&str>, as_json: bool) -> Resp {
-    let Some(idx) = api.shared.plan.index(name) else {
+    let Some(idx) = api.shared.plan().index(name) else {
         return page(
             StatusCode::NOT_FOUND,
             as_json,
