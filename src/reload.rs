@@ -204,7 +204,7 @@ pub fn template_users(plan: &Plan, dest: &Path) -> Vec<(usize, TemplateAction)> 
             let watched = e
                 .watch
                 .as_ref()
-                .is_some_and(|w| w.paths.iter().any(|p| dest.starts_with(p)));
+                .is_some_and(|w| w.paths.iter().any(|p| dest.starts_with(e.cwd.join(p))));
             let named = e.command.iter().any(|a| a.contains(d.as_ref()))
                 || e.declared_env.iter().any(|(_, v)| v.contains(d.as_ref()));
             if watched && e.skip.is_none() {
