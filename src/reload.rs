@@ -319,3 +319,102 @@ impl Report {
         serde_json::to_value(self).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(src: &str) -> Plan {
+        let environ = [("PATH".to_string(), "/usr/bin:/bin".to_string())].into();
+        crate::config::parse(Path::new("/tmp/supervisor.toml"), src, &environ).unwrap()
+    }
+
+    const OLD: &str = r#"
+[process.db]
+command = ["sleep", "1"]
+[process.app]
+command = ["sleep", "1"]
+after = ["db"]
+[process.gone]
+command = ["sleep", "1"]
+[process.web]
+command = ["sleep", "1"]
+after = ["app"]
+"#;
+
+    /// An entry added before the others in table order, one removed, one changed: indices of
+    /// the running entries stay, references are remapped, untouched entries compare equal.
+    #[test]
+    fn merge_keeps_indices_and_finds_the_difference() {
+        let old = plan(OLD);
+        let new = plan(
+            r#"
+[process.aaa]
+command = ["sleep", "1"]
+after = ["web"]
+[process.db]
+command = ["sleep", "1"]
+[process.app]
+command = ["sleep", "2"]
+after = ["db"]
+[process.web]
+command = ["sleep", "1"]
+after = ["app"]
+"#,
+        );
+        let (m, d) = merge(&old, new);
+        let idx = |n: &str| old.index(n).unwrap();
+        for n in ["db", "app", "web"] {
+            assert_eq!(m.index(n), Some(idx(n)), "{n} keeps its index");
+        }
+        assert_eq!(m.index("gone"), None);
+        assert!(m.entries[idx("gone")].removed);
+        assert!(m.entries[idx("gone")].after.is_empty());
+        assert_eq!(d.removed, [idx("gone")]);
+        assert_eq!(d.changed, [idx("app")]);
+        let mut unchanged = vec![idx("db"), idx("web")];
+        unchanged.sort_unstable();
+        assert_eq!(d.unchanged, unchanged);
+        let aaa = m.index("aaa").unwrap();
+        assert_eq!(aaa, old.entries.len(), "added entries are appended");
+        assert_eq!(d.added, [aaa]);
+        assert_eq!(m.entries[aaa].after[0].idx, idx("web"));
+        assert_eq!(m.entries[idx("web")].after[0].idx, idx("app"));
+        let in_levels: Vec<usize> = m.levels.iter().flatten().copied().collect();
+        assert!(!in_levels.contains(&idx("gone")));
+        assert_eq!(in_levels.len(), 4);
+    }
+
+    /// The environment is part of the definition (env files included), and so are the
+    /// dependencies' conditions.
+    #[test]
+    fn env_and_dependency_conditions_count_as_changes() {
+        let old = plan(OLD);
+        let edited = OLD.replace(
+            "[process.web]\ncommand = [\"sleep\", \"1\"]\nafter = [\"app\"]",
+            "[process.web]\ncommand = [\"sleep\", \"1\"]\nafter = [\"app:started\"]",
+        );
+        let edited = edited.replace(
+            "[process.db]\ncommand = [\"sleep\", \"1\"]",
+            "[process.db]\ncommand = [\"sleep\", \"1\"]\nenv = { X = \"1\" }",
+        );
+        let (_, d) = merge(&old, plan(&edited));
+        let mut want = vec![old.index("db").unwrap(), old.index("web").unwrap()];
+        want.sort_unstable();
+        assert_eq!(d.changed, want);
+        assert_eq!(
+            d.unchanged,
+            [old.index("app").unwrap(), old.index("gone").unwrap()]
+        );
+    }
+
+    /// Merging the same table changes nothing.
+    #[test]
+    fn the_same_table_is_all_unchanged() {
+        let old = plan(OLD);
+        let (m, d) = merge(&old, plan(OLD));
+        assert!(d.added.is_empty() && d.removed.is_empty() && d.changed.is_empty());
+        assert_eq!(d.unchanged.len(), 4);
+        assert_eq!(m.levels, old.levels);
+    }
+}

@@ -357,7 +357,7 @@ impl WatchState {
             .enumerate()
             .map(|(i, e)| {
                 Arc::new(WatchState {
-                    watched: e.watch.is_some(),
+                    watched: e.watch.is_some() && !e.removed,
                     cascaded: targets.contains(&i),
                     paused: watch::channel(false).0,
                     info: Mutex::new(Info::default()),
