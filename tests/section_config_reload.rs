@@ -185,7 +185,11 @@ after = ["base"]
         "leaf's own definition did not change"
     );
 
-    let log = s.stderr_text();
+    // The supervisor's own log reaches stderr asynchronously: wait for the reload's last line.
+    let log = wait_for("the reload's log", T, || {
+        let log = s.stderr_text();
+        log.contains("config reload applied").then_some(log)
+    });
     let at = |needle: &str| {
         log.rfind(needle)
             .unwrap_or_else(|| panic!("no `{needle}` in:\n{log}"))
