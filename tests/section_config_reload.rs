@@ -77,6 +77,7 @@ env = { MODE = "two" }
 
 [process.new]
 command = ["sh", "-c", "echo hello from new; exec sleep 1000"]
+after = ["keep", "change"]
 "#;
 
 /// One changed, one added, one removed and one untouched entry.
@@ -119,6 +120,20 @@ fn reload_applies_only_the_difference() {
     let c = s.entry("change");
     assert_eq!(c["env"]["MODE"], "two", "{c}");
     assert_eq!(c["restarts"], 1, "{c}");
+    let n = s.entry("new");
+    assert_eq!(
+        n["after"],
+        serde_json::json!(["keep:ready", "change:ready"]),
+        "{n}"
+    );
+    // The added entry started once its restarted dependency was ready again.
+    let log = wait_for("the reload's log", T, || {
+        let log = s.stderr_text();
+        log.contains("config reload applied").then_some(log)
+    });
+    let ready = log.rfind("change: ready after").unwrap();
+    let started = log.rfind("new: started (pid").unwrap();
+    assert!(ready < started, "{log}");
 
     let r = s.status()["config_reload"].clone();
     assert_eq!(r["outcome"], "applied", "{r}");
@@ -194,10 +209,11 @@ after = ["base"]
         log.rfind(needle)
             .unwrap_or_else(|| panic!("no `{needle}` in:\n{log}"))
     };
-    // Stopped dependents first, started dependencies first.
-    assert!(at("mid: stopped") < at("base: stopped"), "{log}");
-    assert!(at("base: started") < at("mid: started"), "{log}");
-    assert!(at("base: stopped") < at("base: started"), "{log}");
+    // Stopped dependents first, started dependencies first (the supervisor's own lines, not
+    // the progress view's, which a thread of its own prints).
+    assert!(at("mid: stopped (") < at("base: stopped ("), "{log}");
+    assert!(at("base: started (pid") < at("mid: started (pid"), "{log}");
+    assert!(at("base: stopped (") < at("base: started (pid"), "{log}");
 }
 
 /// An invalid edit changes nothing and reports every error with its line and column.
