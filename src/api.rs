@@ -64,15 +64,44 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
 pub struct Api {
     pub shared: Arc<Shared>,
     pub token: Option<String>,
-    /// Secret values per entry (`secret_values`), to scrub from status.
-    pub secrets: Vec<Vec<String>>,
+    /// Secret values per entry name (`secret_values`, plus the token), to scrub from status;
+    /// computed once per plan (a config reload swaps the plan).
+    secrets: std::sync::Mutex<(Option<Arc<crate::plan::Plan>>, Arc<Secrets>)>,
 }
 
+type Secrets = std::collections::HashMap<String, Vec<String>>;
+
 impl Api {
+    pub fn new(shared: Arc<Shared>, token: Option<String>) -> Api {
+        Api {
+            shared,
+            token,
+            secrets: Default::default(),
+        }
+    }
+
+    fn secrets(&self) -> Arc<Secrets> {
+        let plan = self.shared.plan();
+        let mut cached = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        if !cached.0.as_ref().is_some_and(|p| Arc::ptr_eq(p, &plan)) {
+            let by_name = plan
+                .entries
+                .iter()
+                .zip(secret_values(&plan))
+                .map(|(e, mut v)| {
+                    v.extend(self.token.clone());
+                    (e.name.clone(), v)
+                })
+                .collect();
+            *cached = (Some(plan), Arc::new(by_name));
+        }
+        cached.1.clone()
+    }
+
     /// The loop's latest status snapshot, with secrets scrubbed.
     pub fn status(&self) -> Status {
         let mut st = self.shared.status();
-        st.scrub(&self.secrets);
+        st.scrub(&self.secrets());
         st
     }
 
@@ -118,6 +147,12 @@ impl Api {
             (&Method::GET, ["metrics"]) => self.metrics(),
             (&Method::GET, ["events"]) => self.events(),
             (&Method::GET, ["logs", name]) => self.logs(name, &query),
+            (&Method::POST, ["reload"]) => {
+                if !authorized {
+                    return self.forbidden();
+                }
+                self.config_reload().await
+            }
             (&Method::POST, ["entries", name, action]) | (&Method::POST, [action, name])
                 if action.parse::<Action>().is_ok() =>
             {
@@ -222,6 +257,27 @@ impl Api {
         rx.await.map_err(|_| gone())
     }
 
+    /// `POST /_supervisor/reload` (src/reload.rs): 200 with what changed, or 422 with every
+    /// error of the edited table (nothing changed).
+    async fn config_reload(&self) -> Resp {
+        let trigger = crate::reload::Trigger::Api;
+        match self
+            .ask(|reply| Control::ConfigReload { trigger, reply })
+            .await
+        {
+            Ok(r) => {
+                let code = match r {
+                    Ok(_) => StatusCode::OK,
+                    Err(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                let mut v = serde_json::to_value(r.unwrap_or_else(|e| e)).unwrap_or_default();
+                crate::redact::global().apply_json(&mut v);
+                json_resp(code, &v)
+            }
+            Err(resp) => resp,
+        }
+    }
+
     async fn act(&self, action: Action, name: &str) -> Resp {
         let owned = name.to_string();
         let answer = self
@@ -292,10 +348,9 @@ impl Api {
     fn events(&self) -> Resp {
         let rx = self.shared.events.subscribe();
         let (tx, body_rx) = mpsc::channel::<Bytes>(64);
-        let secrets: Vec<Vec<String>> = self.secrets.clone();
-        let plan = self.shared.plan.clone();
+        let secrets = self.secrets();
         tokio::spawn(crate::progress::pump_events(rx, tx, move |name, text| {
-            let s = plan.index(name).map(|i| &secrets[i]);
+            let s = secrets.get(name);
             let s: Vec<&str> = s.into_iter().flatten().map(String::as_str).collect();
             scrub(text, &s)
         }));

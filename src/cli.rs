@@ -1,5 +1,6 @@
 //! The client side of the same binary: talks HTTP over the Unix socket.
 
+use crate::reload::{Outcome, Report};
 use crate::state::State;
 use crate::status::{Health, Status};
 use http_body_util::{BodyExt, Empty};
@@ -120,6 +121,12 @@ pub async fn status(c: &Client, as_json: bool, all: bool) -> i32 {
             skipped.join(", ")
         );
     }
+    if let Some(r) = &st.config_reload {
+        print!("last {}", reload_text(r));
+        for e in &r.errors {
+            println!("  error      {e}");
+        }
+    }
     if !st.critical_path.is_empty() {
         println!(
             "critical path: {}",
@@ -218,6 +225,65 @@ pub async fn shutdown(c: &Client) -> i32 {
         Ok((code, v)) => refused(code, &v),
         Err(e) => unreachable(e),
     }
+}
+
+/// `reload`: what changed, or every error (exit `invalid_code` when the table is invalid, 1
+/// when the reload was refused or something it started failed).
+pub async fn reload(c: &Client, invalid_code: i32) -> i32 {
+    let (status, v) = match c.json("POST", "/reload").await {
+        Ok(r) => r,
+        Err(e) => return unreachable(e),
+    };
+    let Ok(r) = serde_json::from_value::<Report>(v.clone()) else {
+        return refused(status, &v);
+    };
+    print!("{}", reload_text(&r));
+    for e in &r.errors {
+        eprintln!("error: {e}");
+    }
+    match r.outcome {
+        Outcome::Applied => 0,
+        Outcome::Invalid => {
+            eprintln!("nothing changed: the running stack keeps the table it started with");
+            invalid_code
+        }
+        _ => EXIT_NEGATIVE,
+    }
+}
+
+/// A reload report (`config_reload` of status) as lines.
+fn reload_text(r: &Report) -> String {
+    let took = match r.finished_at {
+        Some(b) => format!(" in {:.2}s", b.saturating_sub(r.at) as f64 / 1000.0),
+        None => String::new(),
+    };
+    let mut s = format!(
+        "config reload ({}): {}{took}\n",
+        r.trigger.as_str(),
+        r.outcome.as_str()
+    );
+    for (k, l) in [
+        ("added", &r.added),
+        ("removed", &r.removed),
+        ("changed", &r.changed),
+    ] {
+        if !l.is_empty() {
+            s += &format!("  {k:<10} {}\n", l.join(", "));
+        }
+    }
+    if !matches!(r.outcome, Outcome::Invalid | Outcome::Refused) {
+        s += &format!("  unchanged  {} entries\n", r.unchanged.len());
+    }
+    for (l, label) in [
+        (&r.templates, "templates"),
+        (&r.template_actions, "reloaded"),
+        (&r.notes, "note"),
+    ] {
+        if !l.is_empty() {
+            s += &format!("  {label:<10} {}\n", l.join(", "));
+        }
+    }
+    s
 }
 
 /// The supervisor answered, but no: print its message, exit 1.

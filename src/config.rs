@@ -75,6 +75,7 @@ struct RawSettings {
     log_dir: Option<String>,
     log_max_size: Option<RawSize>,
     log_max_files: Option<usize>,
+    watch_config: Option<bool>,
 }
 
 /// `log_max_size`: bytes, or a string with a unit (`"10M"`).
@@ -724,6 +725,7 @@ fn parse_plain(
             }),
         },
         log_max_files: settings_raw.log_max_files.unwrap_or(5).max(1),
+        watch_config: settings_raw.watch_config.unwrap_or(false),
     };
 
     let mut templates = Vec::new();
@@ -1410,6 +1412,7 @@ fn parse_plain(
             progress,
             off: !r.profiles.is_empty() && !r.profiles.iter().any(|p| active.contains(p)),
             profiles: r.profiles.clone(),
+            removed: false,
         });
     }
 

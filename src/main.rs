@@ -22,6 +22,7 @@ mod probe;
 mod process;
 mod progress;
 mod redact;
+mod reload;
 mod runner;
 mod sockets;
 mod state;
@@ -182,6 +183,10 @@ enum Cmd {
     },
     /// Stop the whole table gracefully.
     Shutdown,
+    /// Load the edited table and apply only what changed (as SIGHUP does): removed entries
+    /// stop, added ones start, changed ones restart; the rest keep running. An invalid table
+    /// changes nothing: every error is printed and the exit code is 2.
+    Reload,
     /// Write the table as a docker compose file or Kubernetes manifests, one container per entry.
     Export {
         #[command(subcommand)]
@@ -285,7 +290,7 @@ fn wants_up() -> bool {
 /// Every subcommand but `up` (kept in step with clap by a test).
 const CLIENT_SUBCOMMANDS: &[&str] = &[
     "check", "status", "health", "logs", "restart", "stop", "start", "pause", "resume", "run",
-    "cache", "snapshot", "shutdown", "wait", "export", "probe", "help",
+    "cache", "snapshot", "shutdown", "reload", "wait", "export", "probe", "help",
 ];
 
 fn load(config: &std::path::Path) -> Result<plan::Plan, i32> {
@@ -509,9 +514,27 @@ fn up(
         Ok(p) => p,
         Err(c) => return c,
     };
-    let selected = match as_service {
-        Some(name) => export::as_service(plan, name),
-        None => plan.select(only, without).map(|p| (p, Default::default())),
+    let select = {
+        let (only, without) = (only.to_vec(), without.to_vec());
+        let as_service = as_service.map(String::from);
+        move |plan: plan::Plan| match &as_service {
+            Some(name) => export::as_service(plan, name),
+            None => plan
+                .select(&only, &without)
+                .map(|p| (p, Default::default())),
+        }
+    };
+    let selected = select(plan);
+    // A reload loads the table exactly like this (same environment, profiles, selection).
+    let loader: reload::Loader = {
+        let config = config.to_path_buf();
+        Box::new(move || {
+            let environ = std::env::vars().collect();
+            let plan = config::load(&config, &environ)
+                .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+            let (plan, rewriter) = select(plan).map_err(|e| vec![e])?;
+            Ok(reload::Loaded { plan, rewriter })
+        })
     };
     let (plan, rewriter) = match selected {
         Ok(p) => p,
@@ -583,8 +606,9 @@ fn up(
         let log_files = plan.settings.log_dir.clone();
         let (mut sup, shared) = supervisor::Supervisor::new(plan, out.clone());
         if let Some(dir) = log_files {
-            let s = &shared.plan.settings;
-            for log in &shared.logs {
+            let view = shared.view();
+            let s = &view.plan.settings;
+            for log in &view.logs {
                 match logfile::LogFile::open(&dir, &log.name, s.log_max_size, s.log_max_files) {
                     Ok(f) => {
                         let _ = log.file.set(f);
@@ -597,11 +621,12 @@ fn up(
             }
         }
         sup.set_fresh(fresh);
+        sup.set_loader(loader);
         sup.set_ready_url(url);
         let renderer = progress::Renderer::new(
             progress,
             shared
-                .plan
+                .plan()
                 .entries
                 .iter()
                 .map(|e| {
@@ -625,16 +650,7 @@ fn up(
             .name("progress".into())
             .spawn(move || progress_rt.block_on(progress::run(renderer, events, started, term)))
             .expect("spawn the progress thread");
-        watch::spawn_all(&shared);
-        let mut secrets = api::secret_values(&shared.plan);
-        if let Some(t) = &token {
-            secrets.iter_mut().for_each(|s| s.push(t.clone()));
-        }
-        let api = Arc::new(api::Api {
-            shared,
-            token,
-            secrets,
-        });
+        let api = Arc::new(api::Api::new(shared, token));
         tokio::spawn(api::serve_tcp(api.clone(), tcp));
         tokio::spawn(api::serve_unix(api, unix));
         let code = sup.run().await;
@@ -697,6 +713,7 @@ fn client(cmd: Cmd, config: &std::path::Path, socket: Option<&std::path::Path>) 
                 _ => unreachable!(),
             },
             Cmd::Shutdown => cli::shutdown(&c).await,
+            Cmd::Reload => cli::reload(&c, EXIT_CONFIG).await,
             Cmd::Wait { names, timeout } => wait::wait(&c, &names, timeout).await,
             Cmd::Up { .. }
             | Cmd::Check { .. }

@@ -225,6 +225,10 @@ pub struct Entry {
     pub profiles: Vec<String>,
     /// In profiles none of which is active: `off` until `dmp-contained start NAME`.
     pub off: bool,
+    /// Removed by a config reload (src/reload.rs): a tombstone that keeps the indices of the
+    /// entries after it stable; not addressable, not shown, never started.
+    #[serde(skip)]
+    pub removed: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -246,6 +250,8 @@ pub struct Settings {
     pub log_dir: Option<PathBuf>,
     pub log_max_size: u64,
     pub log_max_files: usize,
+    /// Reload the table when it is saved (src/reload.rs).
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -263,7 +269,14 @@ pub struct Plan {
 
 impl Plan {
     pub fn index(&self, name: &str) -> Option<usize> {
-        self.entries.iter().position(|e| e.name == name)
+        self.entries
+            .iter()
+            .position(|e| e.name == name && !e.removed)
+    }
+
+    /// Indices of the entries that are not tombstones (src/reload.rs).
+    pub fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.entries.len()).filter(|&i| !self.entries[i].removed)
     }
 
     /// Entries that list `idx` in their `after`.
@@ -331,6 +344,7 @@ impl Plan {
     pub fn names(&self) -> String {
         self.entries
             .iter()
+            .filter(|e| !e.removed)
             .map(|e| e.name.as_str())
             .collect::<Vec<_>>()
             .join(", ")

@@ -24,6 +24,8 @@ pub struct Status {
     pub critical_path: Vec<Link>,
     pub supervisor: SupervisorStatus,
     pub entries: Vec<EntryStatus>,
+    /// The config reload in progress, else the last one (src/reload.rs).
+    pub config_reload: Option<crate::reload::Report>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +64,9 @@ impl Overall {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EntryStatus {
+    /// Its index in the plan (entries removed by a config reload are not shown).
+    #[serde(skip)]
+    pub idx: usize,
     pub name: String,
     /// From the supervisor's start to first leaving `waiting`.
     pub waited_s: Option<f64>,
@@ -163,24 +168,29 @@ impl Status {
             self.supervisor.uptime_s = t.elapsed().as_secs_f64();
         }
         self.supervisor.output = shared.out.stats();
-        for (i, e) in self.entries.iter_mut().enumerate() {
+        let view = shared.view();
+        for e in &mut self.entries {
+            let i = e.idx;
             e.uptime_s = e
                 .state
                 .is_active()
                 .then(|| e.started.map(|t| t.elapsed().as_secs_f64()))
                 .flatten();
-            if let Some(log) = shared.logs.get(i) {
+            if let Some(log) = view.logs.get(i) {
                 e.log_lines = log.total_lines();
             }
-            e.watch = shared.watch.get(i).and_then(|w| w.status());
+            e.watch = view.watch.get(i).and_then(|w| w.status());
         }
     }
 
-    /// Replaces entry `i`'s secret values wherever the snapshot could show them: declared env,
-    /// command, reason, probe error. `secrets[i]` are entry `i`'s values
+    /// Replaces each entry's secret values wherever the snapshot could show them: declared
+    /// env, command, reason, probe error. `secrets[name]` are that entry's values
     /// (`crate::api::secret_values`).
-    pub fn scrub(&mut self, secrets: &[Vec<String>]) {
-        for (e, secrets) in self.entries.iter_mut().zip(secrets) {
+    pub fn scrub(&mut self, secrets: &std::collections::HashMap<String, Vec<String>>) {
+        for e in &mut self.entries {
+            let Some(secrets) = secrets.get(&e.name) else {
+                continue;
+            };
             let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
             let scrub = |s: &mut String| *s = crate::api::scrub(s, &secrets);
             e.env.values_mut().for_each(scrub);
@@ -220,6 +230,7 @@ mod tests {
 
     fn entry(state: State, reason: &str, tail: Option<&[&str]>) -> EntryStatus {
         EntryStatus {
+            idx: 0,
             name: "app".into(),
             waited_s: None,
             duration_s: None,
@@ -292,6 +303,7 @@ mod tests {
                 entry(State::Ready, "", None),
                 entry(State::Skipped, "", None),
             ],
+            config_reload: None,
         };
         assert!(st.health().healthy);
         failed.required = false;

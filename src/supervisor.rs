@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 mod cache_hooks;
 #[path = "supervisor_progress.rs"]
 mod progress_hooks;
+#[path = "supervisor_reload.rs"]
+mod reload_hooks;
 pub use cache_hooks::SnapOp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +100,12 @@ pub enum Control {
         idx: usize,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Config reload (src/reload.rs): Ok with the report once applied and settled; Err with
+    /// the report when the table is invalid (nothing changed) or an entry it started failed.
+    ConfigReload {
+        trigger: crate::reload::Trigger,
+        reply: oneshot::Sender<Result<crate::reload::Report, crate::reload::Report>>,
+    },
     /// `snapshot save|restore NAME`.
     Snapshot {
         op: SnapOp,
@@ -108,11 +116,9 @@ pub enum Control {
 
 /// What the API may read without going through the loop.
 pub struct Shared {
-    pub plan: Arc<Plan>,
-    pub logs: Vec<Arc<EntryLog>>,
+    /// Swapped as a whole by a config reload (src/reload.rs); readers take a snapshot.
+    view: std::sync::RwLock<Arc<View>>,
     pub control: mpsc::Sender<Control>,
-    /// Per-entry hot-reload status and pause switch (src/watch.rs).
-    pub watch: Vec<Arc<crate::watch::WatchState>>,
     /// State changes as they happen (src/progress.rs; `GET /_supervisor/events`).
     pub events: tokio::sync::broadcast::Sender<crate::progress::Event>,
     /// The latest status, published by the loop after every step (src/status.rs).
@@ -121,9 +127,39 @@ pub struct Shared {
     pub out: Arc<Output>,
 }
 
+/// The plan and the per-entry objects indexed like its entries (indices never change: a
+/// reload appends entries and tombstones removed ones, src/reload.rs).
+pub struct View {
+    pub plan: Arc<Plan>,
+    pub logs: Vec<Arc<EntryLog>>,
+    /// Per-entry hot-reload status and pause switch (src/watch.rs).
+    pub watch: Vec<Arc<crate::watch::WatchState>>,
+}
+
 impl Shared {
-    pub fn log(&self, name: &str) -> Option<&Arc<EntryLog>> {
-        self.plan.index(name).map(|i| &self.logs[i])
+    pub fn view(&self) -> Arc<View> {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn plan(&self) -> Arc<Plan> {
+        self.view().plan.clone()
+    }
+
+    pub fn log(&self, name: &str) -> Option<Arc<EntryLog>> {
+        let v = self.view();
+        v.plan.index(name).map(|i| v.logs[i].clone())
+    }
+
+    pub fn entry_log(&self, i: usize) -> Arc<EntryLog> {
+        self.view().logs[i].clone()
+    }
+
+    pub fn watch(&self, i: usize) -> Arc<crate::watch::WatchState> {
+        self.view().watch[i].clone()
+    }
+
+    fn publish(&self, v: View) {
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
     }
 
     /// The latest status with its live fields filled in (not yet scrubbed of secrets).
@@ -194,6 +230,11 @@ pub struct Supervisor {
     stop_plan_written: String,
     progress: ProgressCtl,
     status: tokio::sync::watch::Sender<Arc<Status>>,
+    /// Runners of entries a config reload adds or changes report here too.
+    ev_tx: mpsc::UnboundedSender<Event>,
+    /// The API's view, republished by a config reload.
+    shared: Arc<Shared>,
+    reload: reload_hooks::ReloadCtl,
 }
 
 /// The loop's side of src/progress.rs: the broadcast and whether the stack was ready yet.
@@ -229,6 +270,7 @@ impl Supervisor {
                 crate::runner::spawn_supervised(idx, entry, log, out.clone(), ev_tx.clone())
             })
             .collect();
+        let n = plan.entries.len();
         let started = Instant::now();
         let watch = crate::watch::WatchState::for_plan(&plan);
         let (events, _) = tokio::sync::broadcast::channel(1024);
@@ -245,12 +287,15 @@ impl Supervisor {
                 started: Some(started),
             },
             entries: Vec::new(),
+            config_reload: None,
         }));
         let shared = Arc::new(Shared {
-            plan: plan.clone(),
-            logs: logs.clone(),
+            view: std::sync::RwLock::new(Arc::new(View {
+                plan: plan.clone(),
+                logs: logs.clone(),
+                watch: watch.clone(),
+            })),
             control: ctl_tx,
-            watch: watch.clone(),
             events: events.clone(),
             status: status_rx,
             out: out.clone(),
@@ -295,6 +340,9 @@ impl Supervisor {
                 url: String::new(),
             },
             status: status_tx,
+            ev_tx,
+            shared: shared.clone(),
+            reload: reload_hooks::ReloadCtl::new(n),
         };
         sup.publish();
         (sup, shared)
@@ -306,6 +354,11 @@ impl Supervisor {
 
     fn entry(&self, i: usize) -> &Entry {
         &self.plan.entries[i]
+    }
+
+    /// Every entry but the tombstones of removed ones (src/reload.rs).
+    fn live(&self) -> Vec<usize> {
+        self.plan.live().collect()
     }
 
     fn set(&mut self, i: usize, to: State) {
@@ -356,6 +409,7 @@ impl Supervisor {
     /// Runs until everything is stopped; returns the exit code.
     pub async fn run(mut self) -> i32 {
         let mut signals = listen_signals();
+        self.start_watchers();
         self.schedule();
         loop {
             if self.finished() {
@@ -368,6 +422,7 @@ impl Supervisor {
                 Some(sig) = signals.recv() => self.on_any_signal(sig),
             }
             self.schedule();
+            self.reload_progress();
             self.write_stop_plan();
             self.publish();
         }
@@ -402,9 +457,11 @@ impl Supervisor {
         let name = signal_name(sig);
         match sig {
             libc::SIGTERM | libc::SIGINT | libc::SIGQUIT => self.on_signal(&name),
-            libc::SIGHUP => tracing::info!(
-                "SIGHUP ignored (config reload is not supported; restart the container)"
-            ),
+            libc::SIGHUP => {
+                tracing::info!("SIGHUP: reloading the process table");
+                let (reply, _) = oneshot::channel();
+                self.config_reload(crate::reload::Trigger::Sighup, reply);
+            }
             libc::SIGUSR1 => {
                 tracing::info!("SIGUSR1: nothing to reopen (service output goes to stdout and the in-memory log ring)")
             }
@@ -422,7 +479,7 @@ impl Supervisor {
             "dmp-contained status (SIGUSR2): {}\n",
             self.overall().as_str()
         );
-        for i in 0..self.rt.len() {
+        for i in self.live() {
             let pid = self.rt[i].pid.map(|p| p.to_string()).unwrap_or("-".into());
             s += &format!(
                 "  {:<24} {:<9} pid {:<8} restarts {}\n",
@@ -480,7 +537,7 @@ impl Supervisor {
         }
         let mut seen = vec![false; self.rt.len()];
         let mut out = Vec::new();
-        for i in 0..self.rt.len() {
+        for i in self.live() {
             visit(&self.plan, i, &mut seen, &mut out);
         }
         out.reverse();
@@ -532,21 +589,23 @@ impl Supervisor {
 
     /// Done when nothing runs and nothing more can start (or we are stopping).
     fn finished(&self) -> bool {
-        let any_active = (0..self.rt.len()).any(|i| self.state(i).is_active());
+        let any_active = self.live().into_iter().any(|i| self.state(i).is_active());
         if any_active {
             return false;
         }
         if self.stopping.is_some() {
             return true;
         }
-        if self.rt.iter().any(|r| r.user_stopped) {
+        if self.rt.iter().any(|r| r.user_stopped) || self.reload_pending() {
             return false;
         }
         // A save can still bring a watched entry (or its dependents) back.
         if self.watch.iter().any(|w| w.watched()) {
             return false;
         }
-        (0..self.rt.len()).all(|i| self.state(i) != State::Waiting || self.blocked(i).is_some())
+        self.live()
+            .into_iter()
+            .all(|i| self.state(i) != State::Waiting || self.blocked(i).is_some())
     }
 
     /// Why a waiting entry can never start (a dependency failed or stopped for good).
@@ -562,7 +621,7 @@ impl Supervisor {
     /// every active entry none of whose dependents is still active.
     fn schedule(&mut self) {
         if let Some(deadline) = self.stopping {
-            for i in 0..self.rt.len() {
+            for i in self.live() {
                 let s = self.state(i);
                 if !s.is_active() || s == State::Stopping {
                     continue;
@@ -580,8 +639,9 @@ impl Supervisor {
         self.retry_failed_for_dependencies();
         loop {
             let mut progressed = false;
-            for i in 0..self.rt.len() {
-                if self.state(i) != State::Waiting || self.rt[i].user_stopped {
+            for i in self.live() {
+                if self.state(i) != State::Waiting || self.rt[i].user_stopped || self.is_retiring(i)
+                {
                     continue;
                 }
                 if let Some(why) = self.off_reason(i) {
@@ -637,7 +697,7 @@ impl Supervisor {
     /// api restarted under it) gets a fresh start, with a fresh restart budget, once all its
     /// dependencies are satisfied again.
     fn retry_failed_for_dependencies(&mut self) {
-        for i in 0..self.rt.len() {
+        for i in self.live() {
             if self.state(i) != State::Failed || self.rt[i].user_stopped {
                 continue;
             }
@@ -713,7 +773,7 @@ impl Supervisor {
             stack.extend(self.entry(j).after.iter().map(|d| d.idx));
         }
         // Entries off only through a dependency are re-decided (they start if it was the last).
-        for j in 0..self.rt.len() {
+        for j in self.live() {
             if self.state(j) == State::Off && !self.entry(j).off {
                 self.set(j, State::Waiting);
             }
@@ -764,6 +824,7 @@ impl Supervisor {
                 if self.rt[idx].gen == gen
                     && self.state(idx) == State::Backoff
                     && self.stopping.is_none()
+                    && !self.is_retiring(idx)
                 {
                     self.rt[idx].restarts += 1;
                     self.start(idx);
@@ -981,6 +1042,7 @@ impl Supervisor {
                 }
             },
             Control::Snapshot { op, name, reply } => self.cache_snapshot(op, name, reply),
+            Control::ConfigReload { trigger, reply } => self.config_reload(trigger, reply),
             Control::Act {
                 action,
                 name,
@@ -1011,6 +1073,11 @@ impl Supervisor {
         })?;
         let s = self.state(i);
         let kind = self.entry(i).kind;
+        if self.is_retiring(i) {
+            return Err(Refused::Conflict(format!(
+                "`{name}` is being replaced by a config reload; try again when it settles"
+            )));
+        }
         if s == State::Skipped {
             return Err(Refused::Conflict(format!(
                 "`{name}` is skipped: {}",
@@ -1098,14 +1165,20 @@ impl Supervisor {
         }
     }
 
-    /// The stack as a whole.
+    /// The stack as a whole (removed entries do not count).
     fn overall(&self) -> Overall {
-        let n = self.rt.len();
+        let live = self.live();
         if self.stopping.is_some() {
             Overall::Stopping
-        } else if (0..n).any(|i| self.state(i) == State::Failed && !self.entry(i).optional) {
+        } else if live
+            .iter()
+            .any(|&i| self.state(i) == State::Failed && !self.entry(i).optional)
+        {
             Overall::Degraded
-        } else if (0..n).all(|i| self.state(i).is_healthy() || self.entry(i).optional) {
+        } else if live
+            .iter()
+            .all(|&i| self.state(i).is_healthy() || self.entry(i).optional)
+        {
             Overall::Running
         } else {
             Overall::Starting
@@ -1118,7 +1191,12 @@ impl Supervisor {
         st.event_seq = self.progress.seq;
         st.critical_path = self.critical_path_status();
         st.supervisor.state = self.overall();
-        st.entries = (0..self.rt.len()).map(|i| self.entry_status(i)).collect();
+        st.entries = self
+            .live()
+            .into_iter()
+            .map(|i| self.entry_status(i))
+            .collect();
+        st.config_reload = self.reload_status();
         self.status.send_replace(Arc::new(st));
     }
 
@@ -1140,6 +1218,7 @@ impl Supervisor {
             .collect();
         let (waited_s, duration_s) = self.span_status(i);
         EntryStatus {
+            idx: i,
             name: e.name.clone(),
             waited_s,
             duration_s,
@@ -1200,6 +1279,8 @@ impl Supervisor {
         let s = self.state(i);
         let refuse = if self.stopping.is_some() {
             Some("the supervisor is shutting down".to_string())
+        } else if self.entry(i).removed || self.is_retiring(i) {
+            Some(format!("{name} is being replaced by a config reload"))
         } else if self.rt[i].user_stopped {
             Some(format!(
                 "{name} was stopped by request; start it to run the new code"

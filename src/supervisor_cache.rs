@@ -109,6 +109,9 @@ impl CacheCtl {
             ..CacheCtl::default()
         };
         for (s, e) in plan.entries.iter().enumerate() {
+            if e.removed {
+                continue;
+            }
             let Some(svc) = e
                 .cache
                 .as_ref()
@@ -126,6 +129,30 @@ impl CacheCtl {
             }
         }
         c
+    }
+
+    /// After a config reload (src/reload.rs): the chain structure of the merged plan; what is
+    /// known of entries that did not change is kept, changed and added ones start unknown.
+    pub fn reindex(&mut self, plan: &crate::plan::Plan, changed: &[usize]) {
+        let mut fresh = CacheCtl::new(plan);
+        for i in (0..self.keys.len()).filter(|i| !changed.contains(i)) {
+            fresh.keys[i] = self.keys[i].take();
+            fresh.force[i] = self.force[i];
+            fresh.live[i] = self.live[i].take();
+            fresh.resolved[i] = self.resolved[i];
+            fresh.cold[i] = self.cold[i];
+        }
+        self.keys = fresh.keys;
+        self.force = fresh.force;
+        self.snap_step = fresh.snap_step;
+        self.in_chain = fresh.in_chain;
+        self.live = fresh.live;
+        self.resolved = fresh.resolved;
+        self.cold = fresh.cold;
+    }
+
+    pub fn crons_armed(&self) -> bool {
+        self.crons_armed
     }
 }
 
@@ -316,10 +343,13 @@ impl Supervisor {
     /// dependency order, then copy) and arms the cron timers once the stack is up.
     pub(super) fn cache_progress(&mut self) {
         if !self.cache.crons_armed
-            && (0..self.rt.len()).all(|i| self.state(i).is_healthy() || self.entry(i).optional)
+            && self
+                .live()
+                .into_iter()
+                .all(|i| self.state(i).is_healthy() || self.entry(i).optional)
         {
             self.cache.crons_armed = true;
-            for i in 0..self.rt.len() {
+            for i in self.live() {
                 self.arm_cron(i);
             }
         }
@@ -357,7 +387,7 @@ impl Supervisor {
             Op::Auto { step, .. } => Some(*step),
             Op::Named { .. } => None,
         };
-        let busy = (0..self.rt.len()).any(|i| {
+        let busy = self.live().into_iter().any(|i| {
             Some(i) != auto_step
                 && self.entry(i).kind == Kind::Oneshot
                 && self.state(i) == State::Running
@@ -412,7 +442,7 @@ impl Supervisor {
         tokio::task::spawn_blocking(move || send(Msg::CopyDone(copy_job(&dir, &svcs, job))));
     }
 
-    fn arm_cron(&self, i: usize) {
+    pub(super) fn arm_cron(&self, i: usize) {
         let Some(expr) = self.entry(i).schedule.clone() else {
             return;
         };
@@ -596,14 +626,16 @@ impl Supervisor {
             let _ = reply.send(Err(format!("bad snapshot name {name:?}")));
             return;
         }
-        let services: Vec<usize> = (0..self.rt.len())
+        let services: Vec<usize> = self
+            .live()
+            .into_iter()
             .filter(|&i| self.entry(i).data_dir.is_some() && self.state(i) != State::Skipped)
             .collect();
         if services.is_empty() {
             let _ = reply.send(Err("no [process] entry declares a `data_dir`".into()));
             return;
         }
-        if let Some(i) = (0..self.rt.len()).find(|&i| {
+        if let Some(i) = self.live().into_iter().find(|&i| {
             self.entry(i).kind == Kind::Oneshot
                 && self.state(i) == State::Running
                 && self

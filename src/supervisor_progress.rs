@@ -53,7 +53,9 @@ impl Supervisor {
                 seq: self.progress.seq,
                 t_s,
                 critical_path: self.critical_path(),
-                cached: (0..self.rt.len())
+                cached: self
+                    .live()
+                    .into_iter()
                     .filter(|&i| self.state(i) == State::Cached)
                     .count(),
                 url: self.progress.url.clone(),
@@ -65,7 +67,10 @@ impl Supervisor {
     /// Every required entry ready / done / cached / skipped.
     fn stack_ready(&self) -> bool {
         self.stopping.is_none()
-            && (0..self.rt.len()).all(|i| self.entry(i).optional || self.state(i).is_healthy())
+            && self
+                .live()
+                .into_iter()
+                .all(|i| self.entry(i).optional || self.state(i).is_healthy())
     }
 
     /// The critical path of the first start (empty until the stack was ready once).

@@ -27,7 +27,7 @@ const HOLD: Duration = Duration::from_secs(10);
 const REFRESH_S: u32 = 3;
 
 pub async fn respond(api: &Api, name: &str, original_uri: Option<&str>, as_json: bool) -> Resp {
-    let Some(idx) = api.shared.plan.index(name) else {
+    let Some(idx) = api.shared.plan().index(name) else {
         return page(
             StatusCode::NOT_FOUND,
             as_json,
@@ -37,7 +37,7 @@ pub async fn respond(api: &Api, name: &str, original_uri: Option<&str>, as_json:
         );
     };
     let status = api.status();
-    let Some(e) = status.entries.get(idx) else {
+    let Some(e) = status.entry(name) else {
         return page(
             StatusCode::SERVICE_UNAVAILABLE,
             as_json,
@@ -67,7 +67,7 @@ pub async fn respond(api: &Api, name: &str, original_uri: Option<&str>, as_json:
     }
     // Read again: holding may have ended in a failure with a new reason.
     let status = api.status();
-    let e = status.entries.get(idx).unwrap_or(e);
+    let e = status.entry(name).unwrap_or(e);
     page(
         StatusCode::SERVICE_UNAVAILABLE,
         as_json,

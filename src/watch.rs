@@ -382,7 +382,7 @@ impl WatchState {
             .enumerate()
             .map(|(i, e)| {
                 Arc::new(WatchState {
-                    watched: e.watch.is_some(),
+                    watched: e.watch.is_some() && !e.removed,
                     cascaded: targets.contains(&i),
                     paused: watch::channel(false).0,
                     info: Mutex::new(Info::default()),
@@ -480,12 +480,16 @@ pub fn cascade_targets(plan: &Plan, idx: usize) -> Vec<usize> {
 // ---------------------------------------------------------------------------------------------
 // The watcher tasks.
 
-/// Spawns a watcher task for every watched entry (not for skipped ones).
-pub fn spawn_all(shared: &Arc<Shared>) {
-    for (idx, e) in shared.plan.entries.iter().enumerate() {
-        if let (Some(w), None) = (&e.watch, &e.skip) {
-            tokio::spawn(run(shared.clone(), idx, w.clone()));
+/// Spawns the watcher task of entry `idx` when it is watched (not when skipped); the handle
+/// ends it (a config reload replaces the watchers of changed and removed entries).
+pub fn spawn(shared: &Arc<Shared>, idx: usize) -> Option<tokio::task::AbortHandle> {
+    let plan = shared.plan();
+    let e = &plan.entries[idx];
+    match (&e.watch, &e.skip, e.removed) {
+        (Some(w), None, false) => {
+            Some(tokio::spawn(run(shared.clone(), idx, w.clone())).abort_handle())
         }
+        _ => None,
     }
 }
 
@@ -714,9 +718,9 @@ fn setup(
 }
 
 async fn run(shared: Arc<Shared>, idx: usize, w: Watch) {
-    let entry = shared.plan.entries[idx].clone();
+    let entry = shared.plan().entries[idx].clone();
     let name = entry.name.clone();
-    let state = shared.watch[idx].clone();
+    let state = shared.watch(idx).clone();
     let (tx, rx) = mpsc::unbounded_channel();
     let ignores = Arc::new(
         w.paths
@@ -958,7 +962,8 @@ async fn request(shared: &Shared, idx: usize, files: usize) -> Result<(), String
 
 /// One train of `idx`: reload it, then its cascade; record everything in status.
 async fn reload_train(shared: Arc<Shared>, idx: usize, files: Vec<String>) {
-    let e = &shared.plan.entries[idx];
+    let plan = shared.plan();
+    let e = &plan.entries[idx];
     let count = files.len();
     tracing::info!(
         "{}: {count} changed ({}{}); reloading",
@@ -968,16 +973,16 @@ async fn reload_train(shared: Arc<Shared>, idx: usize, files: Vec<String>) {
     );
     let shown: Vec<String> = files.iter().take(KEEP_FILES).cloned().collect();
     if let Some(rec) = reload_loop(&shared, idx, &files) {
-        shared.watch[idx].record(rec);
+        shared.watch(idx).record(rec);
         return;
     }
     if let Some(rec) = Box::pin(other_actions(&shared, idx, &files)).await {
-        shared.watch[idx].record(rec);
-        shared.watch[idx].guard().end(std::time::SystemTime::now());
+        shared.watch(idx).record(rec);
+        shared.watch(idx).guard().end(std::time::SystemTime::now());
         return;
     }
     let mut rec = reload_one(&shared, idx, shown.clone(), count, None).await;
-    let targets = cascade_targets(&shared.plan, idx);
+    let targets = cascade_targets(&shared.plan(), idx);
     if rec.outcome == "failed" {
         let why = format!(
             "not reloaded: `{}` failed ({}); still running the previous code",
@@ -985,8 +990,8 @@ async fn reload_train(shared: Arc<Shared>, idx: usize, files: Vec<String>) {
             rec.error.clone().unwrap_or_default()
         );
         for t in targets {
-            tracing::warn!("{}: {why}", shared.plan.entries[t].name);
-            shared.watch[t].info().held = Some(why.clone());
+            tracing::warn!("{}: {why}", shared.plan().entries[t].name);
+            shared.watch(t).info().held = Some(why.clone());
         }
     } else if !targets.is_empty() {
         let mut set = tokio::task::JoinSet::new();
@@ -997,26 +1002,27 @@ async fn reload_train(shared: Arc<Shared>, idx: usize, files: Vec<String>) {
         }
         while let Some(Ok((t, r))) = set.join_next().await {
             rec.cascade.push(CascadeRecord {
-                name: shared.plan.entries[t].name.clone(),
+                name: shared.plan().entries[t].name.clone(),
                 outcome: r.outcome,
                 error: r.error,
             });
         }
     }
-    shared.watch[idx].record(rec);
-    shared.watch[idx].guard().end(std::time::SystemTime::now());
+    shared.watch(idx).record(rec);
+    shared.watch(idx).guard().end(std::time::SystemTime::now());
 }
 
 /// A train caused by the previous reloads themselves (src/watch_actions.rs `LoopGuard`):
 /// watching is paused and the record names the file.
 fn reload_loop(shared: &Shared, idx: usize, files: &[String]) -> Option<TrainRecord> {
-    let e = &shared.plan.entries[idx];
+    let plan = shared.plan();
+    let e = &plan.entries[idx];
     let roots = e
         .watch
         .as_ref()
         .map(|w| w.paths.as_slice())
         .unwrap_or_default();
-    let state = &shared.watch[idx];
+    let state = &shared.watch(idx);
     let written = match state.guard().window() {
         Some(w) => files
             .iter()
@@ -1055,7 +1061,8 @@ fn reload_loop(shared: &Shared, idx: usize, files: &[String]) -> Option<TrainRec
 /// when no restart follows, None when the entry restarts as before.
 async fn other_actions(shared: &Arc<Shared>, idx: usize, files: &[String]) -> Option<TrainRecord> {
     use crate::plan::WatchAction;
-    let e = &shared.plan.entries[idx];
+    let plan = shared.plan();
+    let e = &plan.entries[idx];
     let acts = e
         .watch
         .as_ref()
@@ -1077,7 +1084,8 @@ async fn other_actions(shared: &Arc<Shared>, idx: usize, files: &[String]) -> Op
             WatchAction::Run(step, _) => {
                 // The step's train reloads what depends on it (this entry too, if it does).
                 Box::pin(reload_train(shared.clone(), *step, files.to_vec())).await;
-                let held = shared.watch[*step]
+                let held = shared
+                    .watch(*step)
                     .info()
                     .trains
                     .back()
@@ -1087,7 +1095,7 @@ async fn other_actions(shared: &Arc<Shared>, idx: usize, files: &[String]) -> Op
             WatchAction::Exec(argv) => crate::watch_actions::exec(e, argv).await,
             WatchAction::Signal(sig) => crate::watch_actions::signal(e, *sig),
             WatchAction::Restart => {
-                restart = !acts.iter().any(|a| matches!(a, WatchAction::Run(s, _) if cascade_targets(&shared.plan, *s).contains(&idx)));
+                restart = !acts.iter().any(|a| matches!(a, WatchAction::Run(s, _) if cascade_targets(&shared.plan(), *s).contains(&idx)));
                 Ok(())
             }
             WatchAction::None => Ok(()),
@@ -1129,8 +1137,9 @@ async fn reload_one(
     count: usize,
     via: Option<String>,
 ) -> TrainRecord {
-    let e: &Entry = &shared.plan.entries[idx];
-    let state = &shared.watch[idx];
+    let plan = shared.plan();
+    let e: &Entry = &plan.entries[idx];
+    let state = &shared.watch(idx);
     let at = crate::logs::now_ms();
     let t0 = Instant::now();
     if via.is_some() {
@@ -1154,7 +1163,8 @@ async fn reload_one(
         }
         Err(err) => {
             tracing::warn!("{}: reload failed: {err}", e.name);
-            let tail = shared.logs[idx]
+            let tail = shared
+                .entry_log(idx)
                 .tail(TAIL_LINES)
                 .iter()
                 .map(|l| l.text.clone())

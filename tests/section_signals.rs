@@ -206,7 +206,7 @@ fn a_five_megabyte_user_is_an_error_not_an_abort() {
 /// Signals logged and ignored by the supervisor (README "Signals"), as (number, log name).
 fn logged_and_ignored() -> Vec<(i32, String)> {
     let mut v: Vec<(i32, String)> = [
-        (libc::SIGHUP, "SIGHUP ignored"),
+        (libc::SIGHUP, "SIGHUP: reloading the process table"),
         (libc::SIGUSR1, "SIGUSR1: nothing to reopen"),
         (libc::SIGTRAP, "SIGTRAP ignored"),
         (libc::SIGABRT, "SIGABRT ignored"),

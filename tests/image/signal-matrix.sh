@@ -78,7 +78,7 @@ has "svc: ready" || { logs | tail -20; echo "FAIL: never ready"; exit 1; }
 # Silent ones first (blocked fault signals, job control, default-ignored, CHLD, PIPE).
 for s in ILL FPE SEGV PIPE CHLD CONT TSTP TTIN TTOU URG WINCH; do docker kill -s "$s" "$c" >/dev/null; done
 declare -A effect=(
-    [HUP]="SIGHUP ignored" [USR1]="SIGUSR1: nothing to reopen" [USR2]="status (SIGUSR2)"
+    [HUP]="SIGHUP: reloading the process table" [USR1]="SIGUSR1: nothing to reopen" [USR2]="status (SIGUSR2)"
     [TRAP]="SIGTRAP ignored" [ABRT]="SIGABRT ignored" [STKFLT]="SIGSTKFLT ignored"
     [ALRM]="SIGALRM ignored" [XCPU]="SIGXCPU ignored" [XFSZ]="SIGXFSZ ignored"
     [VTALRM]="SIGVTALRM ignored" [PROF]="SIGPROF ignored" [IO]="SIGIO ignored"
