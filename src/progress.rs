@@ -274,7 +274,7 @@ impl Renderer {
                 let mut s = format!(
                     "[{ready}/{total}] {:>6} {name}: {}",
                     secs(*t_s),
-                    crate::supervisor::state_name(*to)
+                    crate::state::state_name(*to)
                 );
                 if let Some(r) = reason {
                     let _ = write!(s, " ({r})");
@@ -319,7 +319,7 @@ impl Renderer {
                     "waiting: {} ← {} ({}, {})",
                     r.name,
                     b.name,
-                    crate::supervisor::state_name(b.state),
+                    crate::state::state_name(b.state),
                     secs(waited)
                 ),
                 None => format!("waiting: {} ({})", r.name, secs(waited)),
@@ -347,7 +347,7 @@ impl Renderer {
             let mut line = format!(
                 " {mark} {:<width$}  {:<8} {:>6}",
                 r.name,
-                crate::supervisor::state_name(r.state),
+                crate::state::state_name(r.state),
                 secs(if r.state.is_active() || r.state == State::Waiting {
                     (now_s - r.since_s).max(0.0)
                 } else {
@@ -362,7 +362,7 @@ impl Renderer {
                         line,
                         "  ← {} ({})",
                         b.name,
-                        crate::supervisor::state_name(b.state)
+                        crate::state::state_name(b.state)
                     );
                 }
             } else if let Some(reason) = &r.reason {

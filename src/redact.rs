@@ -214,6 +214,76 @@ impl<W: std::io::Write> std::io::Write for Writer<W> {
     }
 }
 
+/// Per entry (in plan order), the values of its secret-looking variables: computed once, not
+/// on every status request.
+pub fn secret_values(plan: &crate::plan::Plan) -> Vec<Vec<String>> {
+    plan.entries
+        .iter()
+        .map(|entry| {
+            let mut v: Vec<String> = entry
+                .env
+                .iter()
+                .chain(entry.declared_env.iter())
+                .filter(|(k, v)| crate::interp::is_secret(k) && v.len() >= 3)
+                .map(|(_, v)| v.clone())
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        })
+        .collect()
+}
+
+/// Replaces known secret values, URL passwords (`scheme://user:PASS@`) and `password=…`-style
+/// pairs with `<redacted>`.
+pub fn scrub(s: &str, secrets: &[&str]) -> String {
+    const R: &str = "<redacted>";
+    let mut out = s.to_string();
+    for sec in secrets {
+        if !sec.is_empty() && out.contains(sec) {
+            out = out.replace(sec, R);
+        }
+    }
+    // URL userinfo passwords.
+    let mut from = 0;
+    while let Some(p) = out[from..].find("://") {
+        let auth_start = from + p + 3;
+        let auth_end = out[auth_start..]
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .map_or(out.len(), |i| auth_start + i);
+        if let Some(at) = out[auth_start..auth_end].rfind('@') {
+            let userinfo = &out[auth_start..auth_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                let pw_start = auth_start + colon + 1;
+                let pw_end = auth_start + at;
+                if &out[pw_start..pw_end] != R {
+                    out.replace_range(pw_start..pw_end, R);
+                }
+            }
+        }
+        from = auth_start.min(out.len());
+    }
+    // key=value pairs whose key looks secret (DSNs, flags).
+    for word in ["password", "passwd", "secret", "token", "key"] {
+        let mut from = 0;
+        loop {
+            let lower = out.to_ascii_lowercase();
+            let Some(p) = lower[from..].find(&format!("{word}=")) else {
+                break;
+            };
+            let v_start = from + p + word.len() + 1;
+            let v_end = out[v_start..]
+                .find(|c: char| c.is_whitespace() || matches!(c, '&' | ';' | ',' | '"' | '\''))
+                .map_or(out.len(), |i| v_start + i);
+            if v_end > v_start && &out[v_start..v_end] != R {
+                out.replace_range(v_start..v_end, R);
+            }
+            from = v_start;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,10 +84,33 @@ impl State {
         matches!(self, Starting | Ready | Running | Backoff | Stopping)
     }
 
+    /// Its name in status, events and messages (`ready`, `backoff`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Waiting => "waiting",
+            Starting => "starting",
+            Ready => "ready",
+            Running => "running",
+            Backoff => "backoff",
+            Stopping => "stopping",
+            Stopped => "stopped",
+            Done => "done",
+            Cached => "cached",
+            Failed => "failed",
+            Skipped => "skipped",
+            Off => "off",
+        }
+    }
+
     /// Healthy for `/health`: ready longruns and finished oneshots.
     pub fn is_healthy(self) -> bool {
         matches!(self, Ready | Done | Cached | Skipped | Off)
     }
+}
+
+/// `State::as_str` as an owned string.
+pub fn state_name(s: State) -> String {
+    s.as_str().to_string()
 }
 
 /// What to do after a longrun exited on its own.
@@ -164,6 +187,15 @@ pub fn backoff(policy: &Restart, streak: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_the_serialized_names() {
+        for (to, froms) in ALLOWED_TRANSITIONS {
+            for s in froms.iter().chain([to]) {
+                assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+            }
+        }
+    }
 
     #[test]
     fn transition_table() {

@@ -97,13 +97,64 @@ pub struct EntryStatus {
     pub env: BTreeMap<String, String>,
     pub log_lines: u64,
     /// Hot-reload state (watched entries and cascade targets).
-    pub watch: Option<crate::watch::WatchStatus>,
+    pub watch: Option<WatchStatus>,
     pub cache_key: Option<String>,
     /// The last lines logged, for a failed entry.
     pub log_tail: Option<Vec<String>>,
     /// Since the current process started (for `uptime_s`).
     #[serde(skip)]
     pub started: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainRecord {
+    /// Unix time in ms when the reload began.
+    pub at: u64,
+    /// The first files of the train (relative to the watched root), and how many in all.
+    pub files: Vec<String>,
+    pub count: usize,
+    /// Set when the train came from another entry (`restart_with`, a step's dependents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    pub duration_s: f64,
+    /// `ready` (longrun), `done` (oneshot) or `failed`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+    /// Entries reloaded after this one (dependents of a step, `restart_with`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cascade: Vec<CascadeRecord>,
+    /// The watch actions the train ran, when not a plain restart (src/watch_actions.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+}
+
+/// One entry reloaded after a train's own entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CascadeRecord {
+    pub name: String,
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+/// The `watch` field of an entry's status (src/status.rs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WatchStatus {
+    pub watched: bool,
+    /// `native`, `poll` or `error` once the watcher is set up.
+    pub mode: Option<String>,
+    /// Why `auto` ended up polling, or why watching failed.
+    pub note: Option<String>,
+    pub paused: bool,
+    /// Changed files waiting for the next train.
+    pub pending: usize,
+    pub reloading: bool,
+    pub reloads: u64,
+    /// Why this entry still runs older code (its step failed).
+    pub held: Option<String>,
+    pub trains: Vec<TrainRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,13 +213,18 @@ impl Status {
         self.entries.iter().find(|e| e.name == name)
     }
 
-    /// Fills in what changes between lifecycle events, from the owners of those facts.
-    pub fn refresh(&mut self, shared: &crate::supervisor::Shared) {
+    /// Fills in what changes between lifecycle events, from the owners of those facts: the
+    /// entries' logs and watchers (indexed like the plan) and the output queue.
+    pub fn refresh(
+        &mut self,
+        logs: &[std::sync::Arc<crate::logs::EntryLog>],
+        watch: impl Fn(usize) -> Option<WatchStatus>,
+        output: crate::logs::OutputStats,
+    ) {
         if let Some(t) = self.supervisor.started {
             self.supervisor.uptime_s = t.elapsed().as_secs_f64();
         }
-        self.supervisor.output = shared.out.stats();
-        let view = shared.view();
+        self.supervisor.output = output;
         for e in &mut self.entries {
             let i = e.idx;
             e.uptime_s = e
@@ -176,23 +232,23 @@ impl Status {
                 .is_active()
                 .then(|| e.started.map(|t| t.elapsed().as_secs_f64()))
                 .flatten();
-            if let Some(log) = view.logs.get(i) {
+            if let Some(log) = logs.get(i) {
                 e.log_lines = log.total_lines();
             }
-            e.watch = view.watch.get(i).and_then(|w| w.status());
+            e.watch = watch(i);
         }
     }
 
     /// Replaces each entry's secret values wherever the snapshot could show them: declared
     /// env, command, reason, probe error. `secrets[name]` are that entry's values
-    /// (`crate::api::secret_values`).
+    /// (`crate::redact::secret_values`).
     pub fn scrub(&mut self, secrets: &std::collections::HashMap<String, Vec<String>>) {
         for e in &mut self.entries {
             let Some(secrets) = secrets.get(&e.name) else {
                 continue;
             };
             let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
-            let scrub = |s: &mut String| *s = crate::api::scrub(s, &secrets);
+            let scrub = |s: &mut String| *s = crate::redact::scrub(s, &secrets);
             e.env.values_mut().for_each(scrub);
             e.command.iter_mut().for_each(scrub);
             e.reason.iter_mut().for_each(scrub);

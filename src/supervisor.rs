@@ -6,7 +6,7 @@ use crate::logs::{EntryLog, Output};
 use crate::plan::{Entry, Kind, Plan};
 use crate::process::ExitInfo;
 use crate::runner::{Cause, Event, EventKind, RunnerCmd};
-use crate::state::{Decision, RestartHistory, State};
+use crate::state::{state_name, Decision, RestartHistory, State};
 use crate::status::{EntryStatus, Overall, Status};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -165,7 +165,12 @@ impl Shared {
     /// The latest status with its live fields filled in (not yet scrubbed of secrets).
     pub fn status(&self) -> Status {
         let mut st = Status::clone(&self.status.borrow());
-        st.refresh(self);
+        let view = self.view();
+        st.refresh(
+            &view.logs,
+            |i| view.watch.get(i).and_then(|w| w.status()),
+            self.out.stats(),
+        );
         st
     }
 }
@@ -1383,11 +1388,4 @@ fn signal_name(sig: i32) -> String {
         Ok(s) => s.as_str().to_string(),
         Err(_) => format!("SIGRTMIN+{}", sig - libc::SIGRTMIN()),
     }
-}
-
-pub fn state_name(s: State) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
 }

@@ -72,7 +72,7 @@ pub async fn respond(api: &Api, name: &str, original_uri: Option<&str>, as_json:
         StatusCode::SERVICE_UNAVAILABLE,
         as_json,
         name,
-        &crate::supervisor::state_name(e.state),
+        &crate::state::state_name(e.state),
         &e.reason_with_last_line(),
     )
 }

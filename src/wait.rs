@@ -65,7 +65,7 @@ fn explain(status: &Status, name: &str, what: &str) {
     };
     eprintln!(
         "{what}: {name} ({}){}",
-        crate::supervisor::state_name(e.state),
+        crate::state::state_name(e.state),
         e.reason
             .as_deref()
             .map(|r| format!(": {r}"))

@@ -9,9 +9,10 @@
 //! See docs/WATCH.md.
 
 use crate::plan::{Entry, Kind, Plan, Watch, WatchMode};
+use crate::status::{CascadeRecord, TrainRecord, WatchStatus};
 use crate::supervisor::{Control, Shared};
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use serde::{Deserialize, Serialize};
+
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -294,57 +295,6 @@ impl Ignores {
 
 // ---------------------------------------------------------------------------------------------
 // Shared status of one entry (written by its watcher task, read by the control loop).
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainRecord {
-    /// Unix time in ms when the reload began.
-    pub at: u64,
-    /// The first files of the train (relative to the watched root), and how many in all.
-    pub files: Vec<String>,
-    pub count: usize,
-    /// Set when the train came from another entry (`restart_with`, a step's dependents).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub via: Option<String>,
-    pub duration_s: f64,
-    /// `ready` (longrun), `done` (oneshot) or `failed`.
-    pub outcome: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub log_tail: Vec<String>,
-    /// Entries reloaded after this one (dependents of a step, `restart_with`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cascade: Vec<CascadeRecord>,
-    /// The watch actions the train ran, when not a plain restart (src/watch_actions.rs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
-}
-
-/// One entry reloaded after a train's own entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CascadeRecord {
-    pub name: String,
-    pub outcome: String,
-    pub error: Option<String>,
-}
-
-/// The `watch` field of an entry's status (src/status.rs).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WatchStatus {
-    pub watched: bool,
-    /// `native`, `poll` or `error` once the watcher is set up.
-    pub mode: Option<String>,
-    /// Why `auto` ended up polling, or why watching failed.
-    pub note: Option<String>,
-    pub paused: bool,
-    /// Changed files waiting for the next train.
-    pub pending: usize,
-    pub reloading: bool,
-    pub reloads: u64,
-    /// Why this entry still runs older code (its step failed).
-    pub held: Option<String>,
-    pub trains: Vec<TrainRecord>,
-}
 
 #[derive(Debug, Default)]
 struct Info {

@@ -143,8 +143,6 @@ mod tests {
 /// Trains in a row, each caused by files written during the previous reload, that make a
 /// reload loop.
 pub const LOOP_TRAINS: u32 = 5;
-/// How long after a reload a write still counts as done by the reload (`LoopGuard::end`).
-const LOOP_SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Detects reloads caused by the reload itself: a file the entry (or anything it starts, or
 /// the supervisor's own output) writes while it restarts changes during every reload. A file
@@ -177,10 +175,9 @@ impl LoopGuard {
         (self.streak >= LOOP_TRAINS).then_some(written)
     }
 
-    /// The train ended. Its window stays open for `LOOP_SETTLE` more: a process that writes on
-    /// start may do so just after it counted as ready (a slow `sh`, a loaded machine).
+    /// The train ended (its entry is ready again, or failed).
     pub fn end(&mut self, now: SystemTime) {
-        self.last = self.started.take().map(|s| (s, now + LOOP_SETTLE));
+        self.last = self.started.take().map(|s| (s, now));
     }
 }
 

@@ -605,13 +605,14 @@ watch = { action = "signal", on = [{ files = ["x"], action = "run", step = "svc"
     }
 }
 
-/// An entry that writes into its own watched tree on every start: after a few reloads the
-/// loop is detected, watching pauses, and status names the file.
+/// An entry that writes into its own watched tree on every start, before it is ready: after
+/// a few reloads the loop is detected, watching pauses, and status names the file.
 #[test]
 fn a_reload_loop_is_detected_paused_and_names_the_file() {
     let body = r#"
 [process.svc]
-command = ["sh", "-c", "date +%s%N >> state.txt; exec sleep 1000"]
+command = ["sh", "-c", "date +%s%N >> state.txt; echo up; exec sleep 1000"]
+ready = { log = "^up$" }
 watch = { paths = ["."], debounce = "50ms", ignore = ["*.toml", "*.sock", "cache"] }
 "#;
     let (dir, port, cfg) = table(body);
