@@ -53,11 +53,19 @@ impl CacheState {
             records: cache::list_records(dir),
             snapshots: cache::list_chain_snapshots(dir)
                 .into_iter()
-                .map(|(service, key, bytes)| ChainSnapshot { service, key, bytes })
+                .map(|(service, key, bytes)| ChainSnapshot {
+                    service,
+                    key,
+                    bytes,
+                })
                 .collect(),
             named: cache::list_named(dir)
                 .into_iter()
-                .map(|(name, services, bytes)| NamedSnapshot { name, services, bytes })
+                .map(|(name, services, bytes)| NamedSnapshot {
+                    name,
+                    services,
+                    bytes,
+                })
                 .collect(),
             corrupt: cache::list_corrupt(dir)
                 .into_iter()
