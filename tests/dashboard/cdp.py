@@ -147,7 +147,7 @@ ws.call("Page.navigate", url=url)
 wait("dashboard rows", lambda: ws.eval("document.querySelectorAll('tr[data-name]').length") or None)
 
 # Read-only without a token: every action button disabled.
-enabled = ws.eval("[...document.querySelectorAll('button[data-act]')].filter(b => !b.disabled).length")
+enabled = ws.eval("[...document.querySelectorAll('button[data-act], button.needs-token')].filter(b => !b.disabled).length")
 if enabled:
     sys.exit(f"FAIL: {enabled} action buttons enabled without a token")
 print("ok: buttons disabled without a token")
