@@ -374,7 +374,11 @@ impl Api {
     async fn cache(&self) -> Resp {
         let dir = self.shared.plan.settings.cache_dir.clone();
         match tokio::task::spawn_blocking(move || CacheState::read(&dir)).await {
-            Ok(c) => json_resp(StatusCode::OK, &json!(c)),
+            Ok(c) => {
+                let mut v = json!(c);
+                crate::redact::global().apply_json(&mut v);
+                json_resp(StatusCode::OK, &v)
+            }
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
