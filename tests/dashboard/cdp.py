@@ -235,6 +235,14 @@ wait("the page to show the new pid", lambda: ws.eval("document.querySelector('tr
 msg = ws.eval("document.getElementById('msg').textContent")
 print(f"ok: clicked restart on web: pid {pid0} -> {pid1}; message: {msg}")
 
+# A stopped entry in a group with live ones: its row collapsed, a button shows it.
+ws.eval("document.querySelector('tr[data-name=web] button[data-act=stop]').click(); true")
+wait("web stopped in /status", lambda: next(e for e in status()["entries"] if e["name"] == "web")["state"] == "stopped")
+wait("web's row hidden", lambda: ws.eval("document.querySelector('tr[data-name=web]').closest('tbody').hidden && !!document.querySelector('button[data-off=web]')"))
+ws.eval("document.querySelector('button[data-off=web]').click(); true")
+wait("web's row shown by the button", lambda: ws.eval("!document.querySelector('tr[data-name=web]').closest('tbody').hidden"))
+print("ok: a stopped entry collapsed in its group, shown on request")
+
 # Screenshot of the top of the page: right size, not blank, the critical bars and a ready node
 # in their colours where the page says they are.
 ws.eval("window.scrollTo(0, 0); true")
@@ -258,9 +266,9 @@ def pixel_of(q, left=None):  # the centre, or `left` px in from the left edge (b
         sys.exit(f"FAIL: {q} is off screen at {x},{y}")
     return rows[y][x]
 crit = pixel_of("#waterfall g.bar.critical rect.start")
-node = pixel_of("#graph g.node[data-name=web] rect", left=3)
+node = pixel_of("#graph g.node[data-name=db] rect", left=3)
 if crit != (0xD2, 0x69, 0x1E):
     sys.exit(f"FAIL: a critical bar's pixel is {crit}, want chocolate (210,105,30)")
 if node != (0x81, 0xC7, 0x84):
-    sys.exit(f"FAIL: web's (ready) node pixel is {node}, want (129,199,132)")
+    sys.exit(f"FAIL: db's (ready) node pixel is {node}, want (129,199,132)")
 print(f"ok: screenshot {png} {w}x{h}, {len(colours)} colours, critical bar and ready node pixels right")
