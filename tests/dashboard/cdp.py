@@ -24,6 +24,7 @@ class WS:
         if b" 101 " not in head.split(b"\r\n")[0]:
             sys.exit(f"websocket handshake failed: {head!r}")
         self.next_id = 0
+        self.errors = []  # uncaught exceptions in the page (Runtime.exceptionThrown)
 
     def _recv_exact(self, n):
         b = b""
@@ -71,6 +72,9 @@ class WS:
         self.send(json.dumps({"id": i, "method": method, "params": params}))
         while True:
             m = json.loads(self.recv())
+            if m.get("method") == "Runtime.exceptionThrown":
+                d = m["params"]["exceptionDetails"]
+                self.errors.append(d.get("exception", {}).get("description") or d.get("text"))
             if m.get("id") == i:
                 if "error" in m:
                     sys.exit(f"{method}: {m['error']}")
@@ -141,6 +145,7 @@ def _targets():
 page = wait("a devtools page target", _targets)[0]
 ws = WS(page["webSocketDebuggerUrl"])
 ws.call("Page.enable")
+ws.call("Runtime.enable")
 W, H = 1280, 900
 ws.call("Emulation.setDeviceMetricsOverride", width=W, height=H, deviceScaleFactor=1, mobile=False)
 ws.call("Page.navigate", url=url)
@@ -271,4 +276,7 @@ if crit != (0xD2, 0x69, 0x1E):
     sys.exit(f"FAIL: a critical bar's pixel is {crit}, want chocolate (210,105,30)")
 if node != (0x81, 0xC7, 0x84):
     sys.exit(f"FAIL: db's (ready) node pixel is {node}, want (129,199,132)")
+ws.eval("true")
+if ws.errors:
+    sys.exit(f"FAIL: uncaught exceptions in the page: {ws.errors}")
 print(f"ok: screenshot {png} {w}x{h}, {len(colours)} colours, critical bar and ready node pixels right")
