@@ -21,6 +21,62 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 pub const PREFIX: &str = "/_supervisor";
 const DASHBOARD: &str = include_str!("dashboard.html");
 
+/// The answer of `GET /_supervisor/cache`.
+#[derive(serde::Serialize)]
+struct CacheState {
+    /// One per successful cached step run: `{step, key, at_ms, duration_s}`.
+    records: Vec<crate::cache::Record>,
+    /// Chain snapshots (a service's data dir after a cached step).
+    snapshots: Vec<ChainSnapshot>,
+    /// Snapshots saved by name (`snapshot save NAME`).
+    named: Vec<NamedSnapshot>,
+    /// Unreadable records (a miss: the step runs again).
+    corrupt: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct ChainSnapshot {
+    service: String,
+    key: String,
+    bytes: u64,
+}
+
+#[derive(serde::Serialize)]
+struct NamedSnapshot {
+    name: String,
+    services: Vec<String>,
+    bytes: u64,
+}
+
+impl CacheState {
+    fn read(dir: &std::path::Path) -> CacheState {
+        use crate::cache;
+        CacheState {
+            records: cache::list_records(dir),
+            snapshots: cache::list_chain_snapshots(dir)
+                .into_iter()
+                .map(|(service, key, bytes)| ChainSnapshot {
+                    service,
+                    key,
+                    bytes,
+                })
+                .collect(),
+            named: cache::list_named(dir)
+                .into_iter()
+                .map(|(name, services, bytes)| NamedSnapshot {
+                    name,
+                    services,
+                    bytes,
+                })
+                .collect(),
+            corrupt: cache::list_corrupt(dir)
+                .into_iter()
+                .map(|(p, why)| format!("{}: {why}", p.display()))
+                .collect(),
+        }
+    }
+}
+
 /// A response body fed by a channel (log follow); ends when the sender is dropped.
 pub struct ChannelBody {
     rx: mpsc::Receiver<Bytes>,
@@ -147,6 +203,7 @@ impl Api {
             }
             (&Method::GET, ["metrics"]) => self.metrics(),
             (&Method::GET, ["events"]) => self.events(),
+            (&Method::GET, ["cache"]) => self.cache().await,
             (&Method::GET, ["logs", name]) => self.logs(name, &query),
             (&Method::POST, ["reload"]) => {
                 if !authorized {
@@ -193,7 +250,7 @@ impl Api {
                     &json!({"ok": true, "message": "shutting down"}),
                 )
             }
-            (_, ["status"] | ["health"] | ["metrics"] | ["logs", _] | []) => error(
+            (_, ["status"] | ["health"] | ["metrics"] | ["cache"] | ["logs", _] | []) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{method} not allowed on {path}"),
             ),
@@ -356,6 +413,20 @@ impl Api {
             scrub(text, &s)
         }));
         stream_response("application/x-ndjson", body_rx)
+    }
+
+    /// `GET /_supervisor/cache`: the step records and snapshots in `cache_dir` (for the
+    /// dashboard; the same as `dmp-contained cache ls`). Read from disk off the runtime.
+    async fn cache(&self) -> Resp {
+        let dir = self.shared.plan().settings.cache_dir.clone();
+        match tokio::task::spawn_blocking(move || CacheState::read(&dir)).await {
+            Ok(c) => {
+                let mut v = json!(c);
+                crate::redact::global().apply_json(&mut v);
+                json_resp(StatusCode::OK, &v)
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
     }
 
     fn metrics(&self) -> Resp {

@@ -417,6 +417,8 @@ command = ["sh", "-c", "echo hello; exec sleep 1000"]
         Just("metrics".to_string()),
         Just("logs".to_string()),
         Just("events".to_string()),
+        Just("cache".to_string()),
+        Just("reload".to_string()),
         Just("entries".to_string()),
         Just("api".to_string()),
         Just("unavailable".to_string()),

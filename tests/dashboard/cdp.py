@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Drives headless chromium over the DevTools protocol (stdlib only, hand-made websocket)
-against a running dmp-contained dashboard. Usage: cdp.py DEVTOOLS_PORT DASHBOARD_URL TOKEN
-MARKER PNG. Exits non-zero with a message on the first failed check."""
-import base64, json, os, socket, struct, sys, time, urllib.request
+against a running dmp-contained dashboard on the table of tests/dashboard.sh. Usage: cdp.py
+DEVTOOLS_PORT DASHBOARD_URL TOKEN MARKER PNG APP_DIR. Exits non-zero with a message on the first
+failed check."""
+import base64, json, os, socket, struct, sys, time, urllib.request, zlib
 
-dt_port, url, token, marker, png = sys.argv[1:6]
+dt_port, url, token, marker, png, app_dir = sys.argv[1:7]
 
 
 class WS:
@@ -23,6 +24,7 @@ class WS:
         if b" 101 " not in head.split(b"\r\n")[0]:
             sys.exit(f"websocket handshake failed: {head!r}")
         self.next_id = 0
+        self.errors = []  # uncaught exceptions in the page (Runtime.exceptionThrown)
 
     def _recv_exact(self, n):
         b = b""
@@ -70,6 +72,9 @@ class WS:
         self.send(json.dumps({"id": i, "method": method, "params": params}))
         while True:
             m = json.loads(self.recv())
+            if m.get("method") == "Runtime.exceptionThrown":
+                d = m["params"]["exceptionDetails"]
+                self.errors.append(d.get("exception", {}).get("description") or d.get("text"))
             if m.get("id") == i:
                 if "error" in m:
                     sys.exit(f"{method}: {m['error']}")
@@ -94,6 +99,41 @@ def wait(what, f, timeout=20):
 
 
 
+def status():
+    return json.load(urllib.request.urlopen(url + "status", timeout=5))
+
+
+def decode_png(data):
+    """(width, height, rows of RGB tuples) of an 8-bit RGB/RGBA non-interlaced PNG."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, w = 8, b"", None
+    while pos < len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        pos += 12 + n
+        if kind == b"IHDR":
+            w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            assert depth == 8 and ctype in (2, 6) and not interlace, f"PNG type {depth}/{ctype}/{interlace}"
+            bpp = 3 if ctype == 2 else 4
+        elif kind == b"IDAT":
+            idat += body
+    raw, stride, prev, rows = zlib.decompress(idat), w * bpp, bytearray(w * bpp), []
+    for y in range(h):
+        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for x in range(stride):
+            a = line[x - bpp] if x >= bpp else 0
+            b, c = prev[x], prev[x - bpp] if x >= bpp else 0
+            if f == 1: line[x] = (line[x] + a) & 255
+            elif f == 2: line[x] = (line[x] + b) & 255
+            elif f == 3: line[x] = (line[x] + (a + b) // 2) & 255
+            elif f == 4:
+                pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append([tuple(line[x:x + 3]) for x in range(0, stride, bpp)])
+        prev = line
+    return w, h, rows
+
+
 def _targets():
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{dt_port}/json/list", timeout=2) as r:
@@ -105,45 +145,138 @@ def _targets():
 page = wait("a devtools page target", _targets)[0]
 ws = WS(page["webSocketDebuggerUrl"])
 ws.call("Page.enable")
-ws.call("Emulation.setDeviceMetricsOverride", width=1280, height=800, deviceScaleFactor=1, mobile=False)
+ws.call("Runtime.enable")
+W, H = 1280, 900
+ws.call("Emulation.setDeviceMetricsOverride", width=W, height=H, deviceScaleFactor=1, mobile=False)
 ws.call("Page.navigate", url=url)
-wait("dashboard rows", lambda: ws.eval("document.querySelectorAll('#rows tr').length") or None)
+wait("dashboard rows", lambda: ws.eval("document.querySelectorAll('tr[data-name]').length") or None)
+
+# Read-only without a token: every action button disabled.
+enabled = ws.eval("[...document.querySelectorAll('button[data-act], button.needs-token')].filter(b => !b.disabled).length")
+if enabled:
+    sys.exit(f"FAIL: {enabled} action buttons enabled without a token")
+print("ok: buttons disabled without a token")
 ws.eval(f"localStorage.setItem('dmpToken', {json.dumps(token)}); location.reload(); true")
-time.sleep(0.5)
-wait("dashboard rows after reload", lambda: ws.eval("document.querySelectorAll('#rows tr').length") or None)
+time.sleep(0.3)
+st = wait("the stack ready (critical path in status)", lambda: (lambda s: s if s["critical_path"] else None)(status()))
+names = [e["name"] for e in st["entries"]]
+wait("every entry listed", lambda: sorted(ws.eval("[...document.querySelectorAll('tr[data-name]')].map(r => r.dataset.name)") or []) == sorted(names))
+print(f"ok: every entry listed: {names}")
 
-status = json.load(urllib.request.urlopen(url + "status", timeout=5))
-names = [e["name"] for e in status["entries"]]
-listed = ws.eval("[...document.querySelectorAll('#rows tr')].map(r => r.dataset.name)")
-if sorted(listed) != sorted(names):
-    sys.exit(f"FAIL: dashboard lists {listed}, status has {names}")
-print(f"ok: every entry listed: {listed}")
+# Groups: an app's service with its steps; all-skipped groups closed, skipped rows hidden.
+groups = ws.eval("""Object.fromEntries([...document.querySelectorAll('details.group')].map(d =>
+  [d.dataset.group, {open: d.open, rows: [...d.querySelectorAll('tr[data-name]')].map(r => r.dataset.name)}]))""")
+want = {"db": ["db-init", "db"], "web": ["venv-web", "web-migrate", "web"], "ghost": ["venv-ghost", "ghost"], "steps": ["optional-thing"]}
+got = {g: sorted(v["rows"]) for g, v in groups.items()}
+if got != {g: sorted(v) for g, v in want.items()}:
+    sys.exit(f"FAIL: groups {got}, want {want}")
+opened = {g for g, v in groups.items() if v["open"]}
+if opened != {"db", "web"}:
+    sys.exit(f"FAIL: open groups {opened}, want db and web (ghost and steps are all skipped: collapsed)")
+print(f"ok: groups {got}, collapsed: {sorted(set(got) - opened)}")
 
-wait(f"log line {marker!r} in the log pane", lambda: marker in (ws.eval("document.getElementById('log').textContent") or ""))
-print(f"ok: log line {marker!r} shown")
+# Waterfall: one bar per entry not skipped, the status's critical path highlighted.
+started = sorted(e["name"] for e in st["entries"] if e["state"] != "skipped")
+want_crit = sorted(l["name"] for l in st["critical_path"])
+def wf():
+    bars = ws.eval("[...document.querySelectorAll('#waterfall g.bar')].map(g => g.dataset.name)")
+    crit = ws.eval("[...document.querySelectorAll('#waterfall g.bar.critical')].map(g => g.dataset.name)")
+    return (sorted(bars), sorted(crit)) if sorted(bars) == started and sorted(crit) == want_crit else None
+wait(f"waterfall bars {started}, critical {want_crit}", wf)
+print(f"ok: waterfall bars {started}, critical path {want_crit}")
 
-# The start-up waterfall: one span per started entry, the status's critical path highlighted.
-spans = wait("waterfall spans", lambda: ws.eval("[...document.querySelectorAll('#waterfall rect.run')].map(r => r.dataset.name)"))
-want_crit = [l["name"] for l in json.load(urllib.request.urlopen(url + "status", timeout=5))["critical_path"]]
-crit = ws.eval("[...document.querySelectorAll('#waterfall rect.run.critical')].map(r => r.dataset.name)")
-started = [n for n in names if n != "optional-thing"]
-if sorted(spans) != sorted(started) or not want_crit or sorted(crit) != sorted(want_crit):
-    sys.exit(f"FAIL: waterfall spans {spans} (want {started}), critical {crit} (want {want_crit})")
-print(f"ok: waterfall {spans}, critical path {crit}")
+# Dependency graph: a node per entry coloured by state, an edge per dependency.
+nodes = ws.eval("Object.fromEntries([...document.querySelectorAll('#graph g.node')].map(g => [g.dataset.name, getComputedStyle(g.querySelector('rect')).fill]))")
+edges = sorted(ws.eval("[...document.querySelectorAll('#graph path.edge')].map(p => p.dataset.from + '>' + p.dataset.to)"))
+want_edges = sorted(f"{d.split(':')[0].rstrip('?')}>{e['name']}" for e in st["entries"] for d in e["after"])
+if sorted(nodes) != sorted(names) or edges != want_edges:
+    sys.exit(f"FAIL: graph nodes {sorted(nodes)} edges {edges}, want {sorted(names)} / {want_edges}")
+if nodes["web"] == nodes["ghost"] or nodes["web"] != nodes["db"]:
+    sys.exit(f"FAIL: node colours by state: web {nodes['web']}, db {nodes['db']}, ghost {nodes['ghost']}")
+print(f"ok: graph {len(nodes)} nodes, {len(edges)} edges, ready {nodes['web']}, skipped {nodes['ghost']}")
 
+# Log pane: open web's, its line shown; the search box filters.
+ws.eval("document.querySelector('a[data-log=web]').click(); true")
+pane = "document.querySelector('.pane[data-name=web]')"
+wait(f"log line {marker!r} in web's pane", lambda: marker in (ws.eval(f"{pane} && {pane}.querySelector('pre').textContent") or ""))
+def search(q):
+    return ws.eval(f"(() => {{ const f = {pane}.querySelector('.filter'); f.value = {json.dumps(q)}; f.dispatchEvent(new Event('input')); return {pane}.querySelectorAll('pre .line').length; }})()")
+if search("no-such-line-xyz") != 0 or search(marker) != 1 or ws.eval(f"{pane}.querySelector('mark').textContent") != marker:
+    sys.exit("FAIL: log search does not filter to the matching line")
+search("")
+print(f"ok: log line {marker!r} in web's pane; search filters it")
+
+# Cache: the cached step's record (GET /cache, refreshed on the step's event).
+wait("venv-web's cache record", lambda: ws.eval("!!document.querySelector('#cache tr.record[data-step=venv-web]')"))
+print("ok: cache record of venv-web shown")
+
+# No polling: 2.5 s idle, no request for status.
+ws.eval("performance.clearResourceTimings(); true")
+time.sleep(2.5)
+polled = ws.eval("performance.getEntriesByType('resource').filter(r => /status|cache/.test(r.name)).length")
+if polled:
+    sys.exit(f"FAIL: {polled} status/cache requests while nothing changed (a poll timer?)")
+print("ok: no request while idle")
+
+# A reload train: a saved file shows up under reloads with its name.
+with open(os.path.join(app_dir, "views.py"), "w") as f:
+    f.write("x = 1\n")
+wait("web's reload train naming views.py", lambda: ws.eval("[...document.querySelectorAll('#reloads tr.train[data-name=web] .files')].some(t => t.textContent.includes('views.py'))"))
+print("ok: reload train with views.py shown")
+
+# Restart by a click: the pid in /status changes, and the page shows the new one.
+pid0 = next(e["pid"] for e in status()["entries"] if e["name"] == "web")
 sel = "tr[data-name=web] button[data-act=restart]"
-before = ws.eval(f"document.querySelector('tr[data-name=web] .restarts').textContent")
-enabled = wait("restart button enabled", lambda: ws.eval(f"!document.querySelector('{sel}').disabled") or None)
+wait("restart button enabled", lambda: ws.eval(f"!document.querySelector('{sel}').disabled") or None)
+ws.eval(f"document.querySelector('{sel}').scrollIntoView({{block: 'center'}}); true")
 rect = ws.eval(f"(() => {{ const r = document.querySelector('{sel}').getBoundingClientRect(); return [r.x + r.width/2, r.y + r.height/2]; }})()")
 for kind in ("mousePressed", "mouseReleased"):
     ws.call("Input.dispatchMouseEvent", type=kind, x=rect[0], y=rect[1], button="left", clickCount=1)
-after = wait("restart count to change", lambda: (lambda v: v if v and v != before else None)(
-    ws.eval("document.querySelector('tr[data-name=web] .restarts').textContent")))
-print(f"ok: clicked restart on web; restarts {before} -> {after}")
+def new_pid():
+    e = next(e for e in status()["entries"] if e["name"] == "web")
+    return e["pid"] if e["pid"] and e["pid"] != pid0 and e["state"] == "ready" else None
+pid1 = wait("web's pid to change in /status", new_pid)
+wait("the page to show the new pid", lambda: ws.eval("document.querySelector('tr[data-name=web] .pid').textContent") == str(pid1))
 msg = ws.eval("document.getElementById('msg').textContent")
-print(f"ok: message: {msg}")
-time.sleep(0.5)  # let the event-driven refresh settle before the screenshot
-shot = ws.call("Page.captureScreenshot", format="png")
+print(f"ok: clicked restart on web: pid {pid0} -> {pid1}; message: {msg}")
+
+# A stopped entry in a group with live ones: its row collapsed, a button shows it.
+ws.eval("document.querySelector('tr[data-name=web] button[data-act=stop]').click(); true")
+wait("web stopped in /status", lambda: next(e for e in status()["entries"] if e["name"] == "web")["state"] == "stopped")
+wait("web's row hidden", lambda: ws.eval("document.querySelector('tr[data-name=web]').closest('tbody').hidden && !!document.querySelector('button[data-off=web]')"))
+ws.eval("document.querySelector('button[data-off=web]').click(); true")
+wait("web's row shown by the button", lambda: ws.eval("!document.querySelector('tr[data-name=web]').closest('tbody').hidden"))
+print("ok: a stopped entry collapsed in its group, shown on request")
+
+# Screenshot of the top of the page: right size, not blank, the critical bars and a ready node
+# in their colours where the page says they are.
+ws.eval("window.scrollTo(0, 0); true")
+time.sleep(0.3)
+shot = base64.b64decode(ws.call("Page.captureScreenshot", format="png")["data"])
 with open(png, "wb") as f:
-    f.write(base64.b64decode(shot["data"]))
-print(f"ok: screenshot {png}")
+    f.write(shot)
+w, h, rows = decode_png(shot)
+if (w, h) != (W, H):
+    sys.exit(f"FAIL: screenshot {w}x{h}, want {W}x{H}")
+colours = {}
+for r in rows[::4]:
+    for p in r[::4]:
+        colours[p] = colours.get(p, 0) + 1
+bg = max(colours.values()) / sum(colours.values())
+if len(colours) < 50 or bg > 0.9:
+    sys.exit(f"FAIL: screenshot looks blank: {len(colours)} colours, background {bg:.0%}")
+def pixel_of(q, left=None):  # the centre, or `left` px in from the left edge (before a label)
+    x, y = ws.eval(f"(() => {{ const r = document.querySelector({json.dumps(q)}).getBoundingClientRect(); return [Math.round({'r.x + r.width/2' if left is None else f'r.x + {left}'}), Math.round(r.y + r.height/2)]; }})()")
+    if not (0 <= x < W and 0 <= y < H):
+        sys.exit(f"FAIL: {q} is off screen at {x},{y}")
+    return rows[y][x]
+crit = pixel_of("#waterfall g.bar.critical rect.start")
+node = pixel_of("#graph g.node[data-name=db] rect", left=3)
+if crit != (0xD2, 0x69, 0x1E):
+    sys.exit(f"FAIL: a critical bar's pixel is {crit}, want chocolate (210,105,30)")
+if node != (0x81, 0xC7, 0x84):
+    sys.exit(f"FAIL: db's (ready) node pixel is {node}, want (129,199,132)")
+ws.eval("true")
+if ws.errors:
+    sys.exit(f"FAIL: uncaught exceptions in the page: {ws.errors}")
+print(f"ok: screenshot {png} {w}x{h}, {len(colours)} colours, critical bar and ready node pixels right")
