@@ -1,0 +1,117 @@
+use super::*;
+
+fn env() -> BTreeMap<String, String> {
+    std::env::vars().collect()
+}
+
+fn errs(src: &str) -> Vec<String> {
+    parse(Path::new("/tmp/t.toml"), src, &env())
+        .unwrap_err()
+        .0
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
+}
+
+#[test]
+fn valid_plan_levels() {
+    let p = parse(
+        Path::new("/tmp/t.toml"),
+        r#"
+[process.db]
+command = ["sleep", "1"]
+ready = { tcp = "127.0.0.1:1" }
+[step.seed]
+command = "true"
+after = ["db"]
+[process.app]
+command = ["sleep", "1"]
+after = ["seed", "db:started"]
+"#,
+        &env(),
+    )
+    .unwrap();
+    let names: Vec<Vec<&str>> = p
+        .levels
+        .iter()
+        .map(|l| l.iter().map(|&i| p.entries[i].name.as_str()).collect())
+        .collect();
+    assert_eq!(names, vec![vec!["db"], vec!["seed"], vec!["app"]]);
+    let app = &p.entries[p.index("app").unwrap()];
+    assert_eq!(app.after[0].cond, Cond::Done);
+    assert_eq!(app.after[1].cond, Cond::Started);
+    let seed = &p.entries[p.index("seed").unwrap()];
+    assert_eq!(seed.command[0], "/bin/sh");
+}
+
+#[test]
+fn every_error_at_once_with_lines() {
+    let e = errs(
+            "[process.a]\ncommand = [\"sleep\"]\ncomand = 1\n\n[process.b]\ncommand = [\"sleep\"]\nafter = [\"zz\"]\nstop_signal = \"SIGNOPE\"\nstop_timeout = \"ten\"\n",
+        );
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert!(
+        e[0].starts_with("/tmp/t.toml:3:1:") && e[0].contains("unknown field `comand`"),
+        "{}",
+        e[0]
+    );
+    assert!(
+        e[1].starts_with("/tmp/t.toml:7:1:") && e[1].contains("unknown dependency `zz`"),
+        "{}",
+        e[1]
+    );
+    assert!(e[2].starts_with("/tmp/t.toml:8:1:") && e[2].contains("unknown signal"));
+    assert!(e[3].starts_with("/tmp/t.toml:9:1:") && e[3].contains("bad duration"));
+}
+
+#[test]
+fn cycle_is_printed() {
+    let e = errs("[process.a]\ncommand=[\"sleep\"]\nafter=[\"b\"]\n[process.b]\ncommand=[\"sleep\"]\nafter=[\"c\"]\n[process.c]\ncommand=[\"sleep\"]\nafter=[\"a\"]\n");
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].contains("dependency cycle: a -> b -> c -> a"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn syntax_error_has_line() {
+    let e = errs("[process.a]\ncommand = [\"x\"\nfoo = 1\n");
+    assert!(
+        e[0].starts_with("/tmp/t.toml:3:") && e[0].contains("invalid array"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn select_only_and_without() {
+    let p = parse(
+            Path::new("/tmp/t.toml"),
+            "[process.db]\ncommand=[\"sleep\"]\n[process.api]\ncommand=[\"sleep\"]\nafter=[\"db\"]\n[process.web]\ncommand=[\"sleep\"]\nafter=[\"api\"]\n[process.other]\ncommand=[\"sleep\"]\n",
+            &env(),
+        )
+        .unwrap();
+    let only = p.clone().select(&["api".into()], &[]).unwrap();
+    assert_eq!(only.names(), "api, db");
+    let without = p.clone().select(&[], &["api".into()]).unwrap();
+    assert_eq!(without.names(), "db, other, web");
+    assert!(without.entries[without.index("web").unwrap()]
+        .after
+        .is_empty());
+    assert!(p.select(&["nope".into()], &[]).is_err());
+}
+
+#[test]
+fn signals_parse() {
+    assert_eq!(
+        parse_signal("quit"),
+        Some(nix::sys::signal::Signal::SIGQUIT)
+    );
+    assert_eq!(
+        parse_signal("SIGINT"),
+        Some(nix::sys::signal::Signal::SIGINT)
+    );
+    assert_eq!(parse_signal("SIGFOO"), None);
+}
