@@ -155,7 +155,7 @@ fn offset(root: &Item, path: &[Seg]) -> usize {
 }
 
 /// Messages quote values; a huge one (a 5 MB `user`) is cut to keep the message readable.
-fn truncate_msg(msg: String) -> String {
+pub(crate) fn truncate_msg(msg: String) -> String {
     const MAX: usize = 400;
     if msg.len() <= MAX {
         return msg;
@@ -184,25 +184,15 @@ pub(super) fn closest<'a>(name: &str, names: &[&'a str]) -> Option<&'a str> {
         .map(|(_, n)| n)
 }
 
-/// Extends an entry's span over its sub-tables (`[process.a.restart]` …), up to the next
-/// header that belongs to something else (presets place their errors with it).
-pub(crate) fn extent(
-    src: &str,
-    span: std::ops::Range<usize>,
-    prefix: &str,
-) -> std::ops::Range<usize> {
-    let mut off = span.start;
-    let mut first = true;
-    for line in src[span.start..].split_inclusive('\n') {
-        let t = line.trim_start();
-        if !first && t.starts_with('[') {
-            let h = t.trim_start_matches('[').trim_start();
-            if !h.starts_with(&format!("{prefix}.")) {
-                break;
-            }
-        }
-        first = false;
-        off += line.len();
+/// Offset of the key at `keys` in `doc`, when the document has it (presets place their
+/// errors with it).
+pub(crate) fn key_offset(doc: &ImDocument<&str>, keys: &[&str]) -> Option<usize> {
+    let mut item = doc.as_item();
+    let mut off = None;
+    for k in keys {
+        let (key, next) = item.as_table_like()?.get_key_value(k)?;
+        off = key.span().map(|s| s.start);
+        item = next;
     }
-    span.start..off.max(span.end)
+    off
 }

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 #[cfg(test)]
 use entry::parse_signal;
-pub(crate) use errors::extent;
+pub(crate) use errors::{key_offset, truncate_msg};
 pub use errors::{ConfigError, ConfigErrors};
 pub use os::find_executable;
 
