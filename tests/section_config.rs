@@ -231,3 +231,109 @@ fn check_of_the_shipped_tables_matches_goldens() {
         );
     }
 }
+
+/// Errors of `check` on `body`, without the file name: `line:col: message` each.
+fn errors_of(body: &str) -> Vec<String> {
+    let (code, err) = check(body);
+    assert_eq!(code, 2, "{err}");
+    err.lines()
+        .filter_map(|l| l.strip_prefix("error: T:"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn an_entry_with_three_bad_keys_reports_all_three_at_their_own_line_and_column() {
+    let errs = errors_of(
+        "[process.a]\ncommand = [\"sleep\"]\n  foo = 1\nstop_timeout = 5\n[process.a.restart]\npolicy = \"always\"\n    bar = 2\n",
+    );
+    let at = |pos: &str, what: &str| {
+        assert!(
+            errs.iter().any(|e| e.starts_with(pos) && e.contains(what)),
+            "no `{what}` at {pos} in {errs:#?}"
+        );
+    };
+    at("3:3: [process.a]: ", "unknown field `foo`");
+    at(
+        "4:1: [process.a]: ",
+        "invalid type: integer `5`, expected a string",
+    );
+    at("7:5: [process.a]: ", "unknown field `bar`");
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+}
+
+#[test]
+fn a_dependency_on_an_entry_with_a_bad_key_is_not_unknown() {
+    let errs = errors_of(
+        "[process.a]\ncommand = [\"sleep\"]\ncomand = 1\n[process.b]\ncommand = [\"sleep\"]\nafter = [\"a\"]\n[step.c]\ncommand = \"true\"\nafter = [\"a:started\"]\n",
+    );
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].starts_with("3:1: [process.a]: unknown field `comand`"));
+}
+
+#[test]
+fn a_cycle_through_an_entry_with_a_bad_key_is_reported() {
+    let errs = errors_of(
+        "[process.a]\ncommand = [\"sleep\"]\nafter = [\"b\"]\nstop_signal = 15\n[process.b]\ncommand = [\"sleep\"]\nafter = [\"a\"]\n",
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e == "3:1: dependency cycle: a -> b -> a"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("4:1: [process.a]: invalid type: integer `15`")),
+        "{errs:#?}"
+    );
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+}
+
+#[test]
+fn a_type_error_points_at_its_key() {
+    // In a sub-table, an inline table, a dotted key and an array of tables: each at the key
+    // (or array element) itself, never at the table's header.
+    let errs = errors_of(
+        "[process.a]\ncommand = [\"sleep\"]\nwatch = { debounce = \"1s\", mode = 1 }\nready.tcp = 5\n[process.a.restart]\n\nbackoff = 3\n[[template]]\ndest = \"/tmp/x\"\n  src = 5\n",
+    );
+    for (pos, what) in [
+        (
+            "3:28: [process.a]: ",
+            "invalid type: integer `1`, expected a string",
+        ),
+        (
+            "4:7: [process.a]: ",
+            "invalid type: integer `5`, expected a string",
+        ),
+        (
+            "7:1: [process.a]: ",
+            "invalid type: integer `3`, expected a string",
+        ),
+        (
+            "10:3: [[template]]: ",
+            "invalid type: integer `5`, expected a string",
+        ),
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(pos) && e.contains(what)),
+            "no `{what}` at {pos} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+}
+
+#[test]
+fn value_errors_of_nested_keys_point_at_the_key() {
+    let errs = errors_of(
+        "[process.a]\ncommand = [\"sleep\"]\nready = { interval = \"1s\", http = \"ftp://x\" }\n[process.a.watch]\npaths = [\".\"]\n  mode = \"sometimes\"\n",
+    );
+    for pos in [
+        "3:28: `a`: ready.http must be",
+        "6:3: `a`: unknown watch mode",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(pos)),
+            "no {pos} in {errs:#?}"
+        );
+    }
+}

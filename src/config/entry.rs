@@ -15,11 +15,18 @@ pub(super) struct Decl {
     pub kind: Kind,
     pub at: KeyPath,
     pub raw: RawEntry,
-    /// Top-level keys left out because their value was bad (already reported).
-    pub dropped: Vec<String>,
+    /// Keys left out because their value was bad (already reported).
+    pub dropped: Vec<KeyPath>,
 }
 
 impl Decl {
+    /// Whether a key at or under `key` was left out.
+    pub fn dropped(&self, key: &str) -> bool {
+        self.dropped
+            .iter()
+            .any(|p| p.first() == Some(&Seg::Key(key.into())))
+    }
+
     pub fn section(&self) -> &'static str {
         section(self.kind)
     }
@@ -105,8 +112,12 @@ pub(super) fn resolve(d: &Decl, names: &Names, cx: &Cx, errs: &mut Errors) -> (E
         Some(c) => os::resolve(cx.base, &e.expand(&["cwd"], c)),
         None => cx.base.to_path_buf(),
     };
-    let ready = super::probe::probe(&mut e, "ready", &r.ready);
-    let liveness = super::probe::probe(&mut e, "liveness", &r.liveness);
+    // A probe with a bad key left out is not checked further (it was reported).
+    let mut probe = |key: &str, p| match d.dropped(key) {
+        true => None,
+        false => super::probe::probe(&mut e, key, p),
+    };
+    let (ready, liveness) = (probe("ready", &r.ready), probe("liveness", &r.liveness));
     let listen = super::probe::listen(&mut e, &r.listen);
     super::probe::held(
         &mut e,
@@ -211,7 +222,7 @@ fn command(r: &RawEntry, d: &Decl, e: &mut EntryCx) -> Vec<String> {
     let command: Vec<String> = match &r.command {
         // Missing: said here; bad: said where its value was read (`dropped`).
         None => {
-            if !d.dropped.iter().any(|k| k == "command") {
+            if !d.dropped("command") {
                 let msg = format!("[{}.{}]: missing field `command`", d.section(), d.name);
                 e.err(&[], msg);
             }

@@ -245,19 +245,18 @@ pub(super) struct RawCache {
 
 /// Deserialises `value` (the table at `at`), reporting every bad key at its own position as
 /// `[label]: message` and leaving it out. `None` when the value cannot be read at all (it is
-/// not a table, or a required key is missing). Also returns the top-level keys left out.
+/// not a table, or a required key is missing). Also returns the paths (under `at`) left out.
 pub(super) fn lenient<T: DeserializeOwned>(
     mut value: toml::Value,
     at: &[Seg],
     label: &str,
     errs: &mut Errors,
-) -> (Option<T>, Vec<String>) {
-    let mut dropped = Vec::new();
+) -> (Option<T>, Vec<KeyPath>) {
     let mut removed: Vec<KeyPath> = Vec::new();
     // Each round removes one key; a table has few, this only bounds a pathological one.
     for _ in 0..256 {
         let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-            Ok(t) => return (Some(t), dropped),
+            Ok(t) => return (Some(t), removed),
             Err(e) => e,
         };
         let msg = e.inner().message().to_string();
@@ -282,24 +281,21 @@ pub(super) fn lenient<T: DeserializeOwned>(
             let mut key = path.clone();
             key.extend(backticked(&msg).map(Seg::Key));
             if removed.contains(&key) {
-                return (None, dropped);
+                return (None, removed);
             }
         }
         let mut full = at.to_vec();
         full.extend(path.iter().cloned());
         errs.at_key(&full, format!("[{label}]: {msg}"));
         let Some(cut) = path.iter().rposition(|s| matches!(s, Seg::Key(_))) else {
-            return (None, dropped);
+            return (None, removed);
         };
         if !remove(&mut value, &path[..=cut]) {
-            return (None, dropped);
-        }
-        if let (0, Seg::Key(k)) = (cut, &path[0]) {
-            dropped.push(k.clone());
+            return (None, removed);
         }
         removed.push(path[..=cut].to_vec());
     }
-    (None, dropped)
+    (None, removed)
 }
 
 /// Removes the key at the end of `path` from `value`.

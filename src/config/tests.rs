@@ -115,3 +115,65 @@ fn signals_parse() {
     );
     assert_eq!(parse_signal("SIGFOO"), None);
 }
+
+/// `docs/CONFIG.md` states every default as the code has it (the constants on the `raw` types
+/// and `plan::Restart::default`): in a table row `| `key` | `value` |`, or in prose as
+/// `key` (`value` … or `key` = `value` (default).
+#[test]
+fn config_md_states_the_defaults() {
+    use super::raw::{RawEntry, RawProbe, RawSettings, RawWatch};
+    use std::time::Duration;
+    let doc = include_str!("../../docs/CONFIG.md");
+    let d = |d: Duration| match d.subsec_millis() {
+        0 => format!("{}s", d.as_secs()),
+        _ => format!("{}ms", d.as_millis()),
+    };
+    let r = Restart::default();
+    let policy = serde_json::to_value(r.policy).unwrap();
+    let signal = RawEntry::STOP_SIGNAL.as_str().to_string();
+    let defaults: Vec<(&str, String)> = vec![
+        ("api_listen", RawSettings::API_LISTEN.into()),
+        ("socket", RawSettings::SOCKET.into()),
+        ("token_env", RawSettings::TOKEN_ENV.into()),
+        ("cache_dir", RawSettings::CACHE_DIR.into()),
+        ("shutdown_timeout", d(RawSettings::SHUTDOWN_TIMEOUT)),
+        ("log_lines", RawSettings::LOG_LINES.to_string()),
+        (
+            "log_max_size",
+            format!("{}M", RawSettings::LOG_MAX_SIZE >> 20),
+        ),
+        ("log_max_files", RawSettings::LOG_MAX_FILES.to_string()),
+        ("stop_signal", signal),
+        ("stop_timeout", d(RawEntry::STOP_TIMEOUT)),
+        ("progress", d(RawEntry::PROGRESS)),
+        ("interval", d(RawProbe::INTERVAL)),
+        ("timeout", d(RawProbe::TIMEOUT)),
+        ("retries", RawProbe::RETRIES.to_string()),
+        ("start_period", d(RawProbe::START_PERIOD)),
+        ("policy", policy.as_str().unwrap().into()),
+        ("backoff", d(r.backoff)),
+        ("backoff_max", d(r.backoff_max)),
+        ("max_restarts", r.max_restarts.to_string()),
+        ("window", d(r.window)),
+        ("stable_after", d(r.stable_after)),
+        ("debounce", d(RawWatch::DEBOUNCE)),
+        ("poll_interval", d(RawWatch::POLL_INTERVAL)),
+        ("mode", RawWatch::MODE.into()),
+        ("action", RawWatch::ACTION.into()),
+    ];
+    let mut wrong = Vec::new();
+    for (key, value) in &defaults {
+        let forms = [
+            format!("| `{key}` | `{value}` |"),
+            format!("`{key}` (`{value}`"),
+            format!("`{key}` = `{value}` (default"),
+        ];
+        if !forms.iter().any(|f| doc.contains(f.as_str())) {
+            wrong.push(format!("`{key}` = `{value}`"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "docs/CONFIG.md does not state these defaults: {wrong:?}"
+    );
+}
