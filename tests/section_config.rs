@@ -337,3 +337,24 @@ fn value_errors_of_nested_keys_point_at_the_key() {
         );
     }
 }
+
+#[test]
+fn a_bad_value_is_reported_once_without_errors_it_would_cause() {
+    // Not a table: one error, not also "missing field `command`".
+    let errs = errors_of("[process]\na = 5\n[process.b]\ncommand = [\"sleep\"]\nafter = [\"a\"]\n");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].starts_with("2:1: [process.a]: invalid type: integer `5`"));
+    // A rule whose required `files` is bad: that error and the other rule's, nothing more.
+    let errs = errors_of(
+        "[process.a]\ncommand = [\"sleep\"]\nwatch = { on = [{ files = [\"*.py\"], action = 5 }, { files = 3 }] }\n",
+    );
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(errs[0].starts_with("3:37: [process.a]: invalid type: integer `5`"));
+    assert!(errs[1].starts_with("3:53: [process.a]: invalid type: integer `3`"));
+    // A probe whose only target is bad is not also "needs exactly one of …".
+    let errs = errors_of("[process.a]\ncommand = [\"sleep\"]\nready = { tcp = 5 }\n");
+    assert_eq!(
+        errs,
+        ["3:11: [process.a]: invalid type: integer `5`, expected a string"]
+    );
+}

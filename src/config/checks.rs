@@ -35,7 +35,11 @@ pub(super) fn declare(process: Section, step: Section, errs: &mut Errors) -> Vec
             }
             let at = vec![Seg::Key(sec.into()), Seg::Key(name.clone())];
             let label = format!("{sec}.{name}");
-            let (raw, dropped) = lenient::<RawEntry>(v.into_inner(), &at, &label, errs);
+            let (raw, mut dropped) = lenient::<RawEntry>(v.into_inner(), &at, &label, errs);
+            if raw.is_none() {
+                // Unreadable as a whole (reported): it still exists, with no keys.
+                dropped.push(Vec::new());
+            }
             decls.push(Decl {
                 name,
                 kind,

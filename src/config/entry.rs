@@ -20,11 +20,11 @@ pub(super) struct Decl {
 }
 
 impl Decl {
-    /// Whether a key at or under `key` was left out.
+    /// Whether a key at or under `key` was left out (or the whole entry was).
     pub fn dropped(&self, key: &str) -> bool {
         self.dropped
             .iter()
-            .any(|p| p.first() == Some(&Seg::Key(key.into())))
+            .any(|p| p.is_empty() || p[0] == Seg::Key(key.into()))
     }
 
     pub fn section(&self) -> &'static str {

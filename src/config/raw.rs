@@ -276,17 +276,15 @@ pub(super) fn lenient<T: DeserializeOwned>(
                 }
             }
         }
-        if msg.starts_with("missing field") {
-            // A required key whose value was bad (and left out) was reported as that.
-            let mut key = path.clone();
-            key.extend(backticked(&msg).map(Seg::Key));
-            if removed.contains(&key) {
-                return (None, removed);
-            }
+        // A required key whose value was bad (and left out) was reported as that: its table
+        // is left out silently.
+        let mut missing = path.clone();
+        missing.extend(backticked(&msg).map(Seg::Key));
+        if !(msg.starts_with("missing field") && removed.contains(&missing)) {
+            let mut full = at.to_vec();
+            full.extend(path.iter().cloned());
+            errs.at_key(&full, format!("[{label}]: {msg}"));
         }
-        let mut full = at.to_vec();
-        full.extend(path.iter().cloned());
-        errs.at_key(&full, format!("[{label}]: {msg}"));
         let Some(cut) = path.iter().rposition(|s| matches!(s, Seg::Key(_))) else {
             return (None, removed);
         };
