@@ -156,3 +156,205 @@ fn shipped_tables_are_valid() {
         );
     }
 }
+
+/// `check`, `check --expand` and `check --json` of the shipped tables equal their goldens
+/// (tests/golden/config; UPDATE_GOLDEN=1 rewrites them): the loader's refactors change no plan.
+/// The mount points at a path that does not exist, so every app is skipped the same way on
+/// every host; the checkout's path is written as `$ROOT`.
+#[test]
+fn check_of_the_shipped_tables_matches_goldens() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("supervisor.toml", &["check"], "supervisor.check"),
+        (
+            "supervisor.toml",
+            &["check", "--expand"],
+            "supervisor.expand.toml",
+        ),
+        (
+            "supervisor.toml",
+            &["check", "--json"],
+            "supervisor.check.json",
+        ),
+        ("examples/minimal.toml", &["check"], "minimal.check"),
+        (
+            "examples/minimal.toml",
+            &["check", "--expand"],
+            "minimal.expand.toml",
+        ),
+        (
+            "examples/minimal.toml",
+            &["check", "--json"],
+            "minimal.check.json",
+        ),
+    ];
+    for (table, args, name) in cases {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(root).args(["-c", table]).args(*args);
+        for var in [
+            "DMP_VENVS",
+            "DMP_RESOURCES",
+            "DMP_REPOS",
+            "DMP_CACHE_DIR",
+            "DMP_CONTAINED_SOCKET",
+            "DMP_CONTAINED_PROFILES",
+            "SUPERVISOR_API_PORT",
+        ] {
+            cmd.env_remove(var);
+        }
+        let out = cmd
+            .env("DMP_ROOT", root)
+            .env("DMP_MOUNT", "/nonexistent-dmp-mount")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).replace(root, "$ROOT");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{table} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = std::path::Path::new(root)
+            .join("tests/golden/config")
+            .join(name);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &text).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+        assert!(
+            want == text,
+            "{} differs from `{table} {args:?}` (UPDATE_GOLDEN=1 rewrites it):\n{text}",
+            path.display()
+        );
+    }
+}
+
+/// Errors of `check` on `body`, without the file name: `line:col: message` each.
+fn errors_of(body: &str) -> Vec<String> {
+    let (code, err) = check(body);
+    assert_eq!(code, 2, "{err}");
+    err.lines()
+        .filter_map(|l| l.strip_prefix("error: T:"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn an_entry_with_three_bad_keys_reports_all_three_at_their_own_line_and_column() {
+    let errs = errors_of(
+        "[process.a]\ncommand = [\"sleep\"]\n  foo = 1\nstop_timeout = 5\n[process.a.restart]\npolicy = \"always\"\n    bar = 2\n",
+    );
+    let at = |pos: &str, what: &str| {
+        assert!(
+            errs.iter().any(|e| e.starts_with(pos) && e.contains(what)),
+            "no `{what}` at {pos} in {errs:#?}"
+        );
+    };
+    at("3:3: [process.a]: ", "unknown field `foo`");
+    at(
+        "4:1: [process.a]: ",
+        "invalid type: integer `5`, expected a string",
+    );
+    at("7:5: [process.a]: ", "unknown field `bar`");
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+}
+
+#[test]
+fn a_dependency_on_an_entry_with_a_bad_key_is_not_unknown() {
+    let errs = errors_of(
+        "[process.a]\ncommand = [\"sleep\"]\ncomand = 1\n[process.b]\ncommand = [\"sleep\"]\nafter = [\"a\"]\n[step.c]\ncommand = \"true\"\nafter = [\"a:started\"]\n",
+    );
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].starts_with("3:1: [process.a]: unknown field `comand`"));
+}
+
+#[test]
+fn a_cycle_through_an_entry_with_a_bad_key_is_reported() {
+    let errs = errors_of(
+        "[process.a]\ncommand = [\"sleep\"]\nafter = [\"b\"]\nstop_signal = 15\n[process.b]\ncommand = [\"sleep\"]\nafter = [\"a\"]\n",
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e == "3:1: dependency cycle: a -> b -> a"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("4:1: [process.a]: invalid type: integer `15`")),
+        "{errs:#?}"
+    );
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+}
+
+#[test]
+fn a_type_error_points_at_its_key() {
+    // In a sub-table, an inline table, a dotted key and an array of tables: each at the key
+    // (or array element) itself, never at the table's header.
+    let errs = errors_of(
+        "[process.a]\ncommand = [\"sleep\"]\nwatch = { debounce = \"1s\", mode = 1 }\nready.tcp = 5\n[process.a.restart]\n\nbackoff = 3\n[[template]]\ndest = \"/tmp/x\"\n  src = 5\n",
+    );
+    for (pos, what) in [
+        (
+            "3:28: [process.a]: ",
+            "invalid type: integer `1`, expected a string",
+        ),
+        (
+            "4:7: [process.a]: ",
+            "invalid type: integer `5`, expected a string",
+        ),
+        (
+            "7:1: [process.a]: ",
+            "invalid type: integer `3`, expected a string",
+        ),
+        (
+            "10:3: [[template]]: ",
+            "invalid type: integer `5`, expected a string",
+        ),
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(pos) && e.contains(what)),
+            "no `{what}` at {pos} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+}
+
+#[test]
+fn value_errors_of_nested_keys_point_at_the_key() {
+    let errs = errors_of(
+        "[process.a]\ncommand = [\"sleep\"]\nready = { interval = \"1s\", http = \"ftp://x\" }\n[process.a.watch]\npaths = [\".\"]\n  mode = \"sometimes\"\n",
+    );
+    for pos in [
+        "3:28: `a`: ready.http must be",
+        "6:3: `a`: unknown watch mode",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(pos)),
+            "no {pos} in {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_value_is_reported_once_without_errors_it_would_cause() {
+    // Not a table: one error, not also "missing field `command`".
+    let errs = errors_of("[process]\na = 5\n[process.b]\ncommand = [\"sleep\"]\nafter = [\"a\"]\n");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].starts_with("2:1: [process.a]: invalid type: integer `5`"));
+    // A rule whose required `files` is bad: that error and the other rule's, nothing more.
+    let errs = errors_of(
+        "[process.a]\ncommand = [\"sleep\"]\nwatch = { on = [{ files = [\"*.py\"], action = 5 }, { files = 3 }] }\n",
+    );
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(errs[0].starts_with("3:37: [process.a]: invalid type: integer `5`"));
+    assert!(errs[1].starts_with("3:53: [process.a]: invalid type: integer `3`"));
+    // A probe whose only target is bad is not also "needs exactly one of …".
+    let errs = errors_of("[process.a]\ncommand = [\"sleep\"]\nready = { tcp = 5 }\n");
+    assert_eq!(
+        errs,
+        ["3:11: [process.a]: invalid type: integer `5`, expected a string"]
+    );
+}
