@@ -25,7 +25,7 @@ pub struct Status {
     pub supervisor: SupervisorStatus,
     pub entries: Vec<EntryStatus>,
     /// The config reload in progress, else the last one (src/reload.rs).
-    pub config_reload: Option<crate::reload::Report>,
+    pub config_reload: Option<Report>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,6 +155,97 @@ pub struct WatchStatus {
     /// Why this entry still runs older code (its step failed).
     pub held: Option<String>,
     pub trains: Vec<TrainRecord>,
+}
+
+// Config reload (src/reload.rs applies it; these are what status shows).
+
+/// What asked for the reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// `dmp-contained reload` / `POST /_supervisor/reload`.
+    Api,
+    Sighup,
+    /// `[supervisor] watch_config`: the table was saved.
+    Watch,
+}
+
+/// How a reload ended (or that it is still going).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Stopping and starting.
+    Applying,
+    Applied,
+    /// Applied, but an entry it started failed.
+    Failed,
+    /// The table is invalid: nothing changed.
+    Invalid,
+    /// Not attempted (shutting down, another reload running): nothing changed.
+    Refused,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applying => "applying",
+            Outcome::Applied => "applied",
+            Outcome::Failed => "failed",
+            Outcome::Invalid => "invalid",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Api => "api",
+            Trigger::Sighup => "sighup",
+            Trigger::Watch => "watch",
+        }
+    }
+}
+
+/// The last reload, as status shows it (`config_reload`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Unix milliseconds.
+    pub at: u64,
+    pub trigger: Trigger,
+    pub outcome: Outcome,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Re-rendered templates whose output changed (destination paths).
+    pub templates: Vec<String>,
+    /// Entries that took in a re-rendered file: `name: signal SIGHUP` / `name: restart` /
+    /// `name: its watcher`.
+    pub template_actions: Vec<String>,
+    pub errors: Vec<String>,
+    pub notes: Vec<String>,
+    /// Unix milliseconds when it settled (every started entry ready/done or failed).
+    pub finished_at: Option<u64>,
+}
+
+impl Report {
+    pub fn new(trigger: Trigger) -> Report {
+        Report {
+            at: crate::logs::now_ms(),
+            trigger,
+            outcome: Outcome::Applying,
+            added: Vec::new(),
+            removed: Vec::new(),
+            changed: Vec::new(),
+            unchanged: Vec::new(),
+            templates: Vec::new(),
+            template_actions: Vec::new(),
+            errors: Vec::new(),
+            notes: Vec::new(),
+            finished_at: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
