@@ -26,6 +26,7 @@ mod runner;
 mod sockets;
 mod state;
 mod supervisor;
+mod trim;
 mod unavailable;
 mod wait;
 mod watch;
@@ -351,8 +352,7 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .unwrap_or(LevelFilter::INFO);
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
-        // Slots are allocated (and touched) up front: keep the queue small.
-        .buffered_lines_limit(4096)
+        .buffered_lines_limit(STDERR_QUEUE)
         .thread_name("stderr")
         .finish(redact::Writer(std::io::stderr()));
     let b = tracing_subscriber::fmt()
@@ -365,6 +365,10 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     }
     guard
 }
+
+/// Lines of the supervisor's own messages that may wait for stderr (then they are dropped).
+/// Every slot is allocated and touched up front, so the queue is kept small.
+const STDERR_QUEUE: usize = 512;
 
 fn tty(fd: i32) -> bool {
     nix::unistd::isatty(fd).unwrap_or(false)
@@ -381,7 +385,7 @@ fn init_tracing_tty(term: Arc<progress::Terminal>) -> tracing_appender::non_bloc
         .unwrap_or(LevelFilter::WARN);
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
-        .buffered_lines_limit(4096)
+        .buffered_lines_limit(STDERR_QUEUE)
         .thread_name("stderr")
         .finish(redact::Writer(progress::TtySink(term)));
     tracing_subscriber::fmt()
@@ -625,6 +629,7 @@ fn up(
             .spawn(move || progress_rt.block_on(progress::run(renderer, events, started, term)))
             .expect("spawn the progress thread");
         watch::spawn_all(&shared);
+        tokio::spawn(trim::when_idle(shared.events.subscribe()));
         let mut secrets = api::secret_values(&shared.plan);
         if let Some(t) = &token {
             secrets.iter_mut().for_each(|s| s.push(t.clone()));
