@@ -309,20 +309,6 @@ impl Chunk {
         }
     }
 
-    /// A copy of the last `n` lines (for the ring, when one read brought more than it keeps).
-    fn tail(&self, n: usize) -> Chunk {
-        let skip = self.len().saturating_sub(n);
-        let from = if skip == 0 { 0 } else { self.ends[skip - 1] };
-        Chunk {
-            entry: self.entry.clone(),
-            stream: self.stream,
-            ts: self.ts,
-            first_seq: self.first_seq + skip as u64,
-            text: self.text[from as usize..].to_string(),
-            ends: self.ends[skip..].iter().map(|e| e - from).collect(),
-        }
-    }
-
     fn push(&mut self, line: &[u8]) {
         self.text.push_str(&String::from_utf8_lossy(line));
         self.ends.push(self.text.len() as u32);
@@ -506,15 +492,9 @@ impl EntryLog {
         chunk.first_seq = r.next_seq;
         r.next_seq += chunk.len() as u64;
         r.total += chunk.len() as u64;
+        r.held += chunk.len();
         let chunk = Arc::new(chunk);
-        // A read that brought more lines than the ring keeps: the ring holds a copy of just
-        // the last `cap` lines, so one burst does not pin a whole read's text.
-        let kept = match chunk.len() > self.cap {
-            true => Arc::new(chunk.tail(self.cap)),
-            false => chunk.clone(),
-        };
-        r.held += kept.len();
-        r.chunks.push_back(kept);
+        r.chunks.push_back(chunk.clone());
         while let Some(front) = r.chunks.front() {
             if r.held - front.len() < self.cap {
                 break;
@@ -596,9 +576,11 @@ pub fn split_into(pending: &mut Vec<u8>, max: usize, chunk: &mut Chunk) {
 
 /// A pipe read starts with room for this much; a read that fills the room doubles it, up to
 /// `READ_MAX` (a chatty service is read in big chunks: one wake-up, one chunk, one queue
-/// entry per read), and a small read shrinks it back (an idle service holds little).
+/// entry per read), and a small read shrinks it back (an idle service holds little). A read is
+/// one chunk, and the ring and each follower hold whole chunks, so `READ_MAX` also bounds
+/// what they keep beyond their line limits.
 const READ_MIN: usize = 64 << 10;
-const READ_MAX: usize = 1 << 20;
+const READ_MAX: usize = 256 << 10;
 
 /// Reads a pipe until EOF, feeding lines to the entry log. The last partial line is flushed.
 pub async fn pump<R: AsyncRead + Unpin>(
@@ -708,6 +690,72 @@ mod tests {
         assert_eq!(first["entry"], "api");
         assert_eq!(first["stream"], "stderr");
         assert_eq!(first["text"], "hello");
+    }
+
+    /// A sink that keeps what it is given.
+    #[derive(Clone, Default)]
+    struct Kept(Arc<Mutex<Vec<u8>>>);
+    impl Write for Kept {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// One big read (many write batches of the writer thread): every line reaches the output
+    /// once, in order, prefixed; the ring keeps only its last `cap` lines.
+    #[tokio::test]
+    async fn a_big_read_is_written_whole_and_in_order_and_the_ring_keeps_its_tail() {
+        let kept = Kept::default();
+        let out = Output::spawn(Format::Text { color: false }, Box::new(kept.clone()));
+        let log = EntryLog::new("api", 0, 10);
+        let (mut w, r) = tokio::io::duplex(64 << 10);
+        let pump = tokio::spawn(pump(r, log.clone(), out.clone(), Stream::Stdout));
+        let mut all = Vec::new();
+        for i in 0..50_000 {
+            writeln!(all, "line {i}").unwrap();
+        }
+        all.extend_from_slice(b"no newline");
+        tokio::io::AsyncWriteExt::write_all(&mut w, &all)
+            .await
+            .unwrap();
+        drop(w);
+        pump.await.unwrap();
+        assert!(out.flush(std::time::Duration::from_secs(5)));
+        let text = String::from_utf8(kept.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 50_001);
+        for (i, l) in lines[..50_000].iter().enumerate() {
+            assert_eq!(*l, format!("api | line {i}"));
+        }
+        assert_eq!(lines[50_000], "api | no newline");
+        let tail: Vec<u64> = log.tail(100).iter().map(|l| l.seq).collect();
+        assert_eq!(tail, (49_991..50_001).collect::<Vec<u64>>());
+        assert_eq!(log.total_lines(), 50_001);
+        assert_eq!(out.stats()["dropped_lines"], 0);
+    }
+
+    #[test]
+    fn a_chunk_longer_than_the_ring_still_tails_the_ring_size() {
+        let out = sink();
+        let log = EntryLog::new("x", 0, 3);
+        let (_, mut rx) = log.follow(0);
+        push_lines(&log, &out, &["0", "1", "2", "3", "4"]);
+        push_lines(&log, &out, &["5"]);
+        let tail: Vec<(u64, String)> = log
+            .tail(10)
+            .iter()
+            .map(|l| (l.seq, l.text.clone()))
+            .collect();
+        assert_eq!(
+            tail,
+            vec![(3, "3".into()), (4, "4".into()), (5, "5".into())]
+        );
+        // Followers get the whole chunk.
+        assert_eq!(rx.try_recv().unwrap().len(), 5);
     }
 
     /// A sink that blocks until the test lets it go, like a stdout nobody reads.
