@@ -581,6 +581,7 @@ pub fn split_into(pending: &mut Vec<u8>, max: usize, chunk: &mut Chunk) {
 /// what they keep beyond their line limits.
 const READ_MIN: usize = 64 << 10;
 const READ_MAX: usize = 256 << 10;
+const READ_SMALL: usize = 4 << 10;
 
 /// Reads a pipe until EOF, feeding lines to the entry log. The last partial line is flushed.
 pub async fn pump<R: AsyncRead + Unpin>(
@@ -601,7 +602,7 @@ pub async fn pump<R: AsyncRead + Unpin>(
             Ok(n) => {
                 if n == spare {
                     room = (room * 2).min(READ_MAX);
-                } else if n < READ_MIN && room > READ_MIN {
+                } else if n < READ_SMALL && room > READ_MIN {
                     room = READ_MIN;
                     pending.shrink_to(READ_MIN);
                 }

@@ -496,6 +496,7 @@ fn up(
     as_service: Option<&str>,
     progress: progress::Mode,
 ) -> i32 {
+    trim::tune_malloc();
     let progress = match progress {
         progress::Mode::Auto if tty(1) && tty(2) => progress::Mode::Tty,
         progress::Mode::Auto => progress::Mode::Plain,

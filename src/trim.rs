@@ -104,6 +104,20 @@ pub fn trim() -> u64 {
     dropped
 }
 
+/// Heap settings for the supervisor: blocks up to `MMAP_ABOVE` (a pipe read's chunk) come from
+/// the heap, and up to `KEEP_FREE` of free heap top is kept between bursts, so a busy log
+/// stream reuses its memory instead of mapping fresh pages (a page fault each 4 KiB) for every
+/// chunk. `trim` returns that free memory once things are quiet.
+pub fn tune_malloc() {
+    const MMAP_ABOVE: libc::c_int = 4 << 20;
+    const KEEP_FREE: libc::c_int = 8 << 20;
+    // SAFETY: plain glibc calls, before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_ABOVE);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP_FREE);
+    }
+}
+
 /// Trims each time the event stream has been quiet for `IDLE_AFTER`, then waits (without a
 /// timer) for the next event.
 pub async fn when_idle<T: Clone>(mut events: broadcast::Receiver<T>) {
