@@ -93,15 +93,18 @@ def tree(root, table=None):
     return out
 
 
-def rss_kb(pid):
+def smaps_kb(pid):
+    """{'Rss': kB, 'Pss': kB, 'Anonymous': kB, ...} from /proc/PID/smaps_rollup."""
+    out = {}
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+                parts = line.split()
+                if len(parts) == 3 and parts[2] == "kB":
+                    out[parts[0].rstrip(":")] = int(parts[1])
     except OSError:
         pass
-    return 0
+    return out
 
 
 def ctx_switches(pid):
@@ -428,10 +431,22 @@ class Bench:
                 t0[r.tool.name] = (pids, sum(read_stat(p)["utime"] + read_stat(p)["stime"] for p in pids),
                                    sum(ctx_switches(p) for p in pids))
             rss = {r.tool.name: [] for r in runs}
+            pss = {r.tool.name: [] for r in runs}
+            anon = {r.tool.name: [] for r in runs}
+            per_proc = {}
             end = time.monotonic() + secs
             while True:
                 for r in runs:
-                    rss[r.tool.name].append(sum(rss_kb(p) for p in r.supervisor_pids()))
+                    sm = [(p, read_stat(p), smaps_kb(p)) for p in sorted(r.supervisor_pids())]
+                    rss[r.tool.name].append(sum(m.get("Rss", 0) for _, _, m in sm))
+                    pss[r.tool.name].append(sum(m.get("Pss", 0) for _, _, m in sm))
+                    anon[r.tool.name].append(sum(m.get("Anonymous", 0) for _, _, m in sm))
+                    # Last sample, per process (ours: shim = the tool's own pid, then the supervisor).
+                    per_proc[r.tool.name] = [
+                        {"pid": p, "role": "shim" if p == r.pid and r.tool is self.ours else
+                         ("supervisor" if r.tool is self.ours else st and st["comm"]),
+                         "rss_kb": m.get("Rss"), "pss_kb": m.get("Pss"), "anon_kb": m.get("Anonymous")}
+                        for p, st, m in sm]
                 if time.monotonic() >= end:
                     break
                 time.sleep(min(5, max(0, end - time.monotonic())))
@@ -441,7 +456,9 @@ class Bench:
                 ticks1 = sum(read_stat(p)["utime"] + read_stat(p)["stime"] for p in now)
                 ctx1 = sum(ctx_switches(p) for p in now)
                 res[r.tool.name] = {
-                    "rss_kb": stats(rss[r.tool.name]), "cpu_ticks": ticks1 - ticks0,
+                    "rss_kb": stats(rss[r.tool.name]), "pss_kb": stats(pss[r.tool.name]),
+                    "anon_kb": stats(anon[r.tool.name]), "processes": per_proc.get(r.tool.name, []),
+                    "cpu_ticks": ticks1 - ticks0,
                     "cpu_ms": (ticks1 - ticks0) * 1000 / CLK_TCK, "ctx_switches": ctx1 - ctx0,
                     "supervisor_procs": len(pids), "children": self.count_workloads(r),
                     "window_s": secs,
@@ -788,19 +805,27 @@ class Bench:
             b = B["idle"]
             ref = b.get(OURS)
             out.append(f"\n## Idle: 10 `sleep infinity` children, {self.a.idle_seconds} s window\n")
-            out.append("| tool | supervisor procs | RSS kB | RSS ratio | CPU ticks / window | CPU ratio | context switches | children |")
-            out.append("|---|---|---|---|---|---|---|---|")
+            out.append("| tool | supervisor procs | RSS kB | RSS ratio | PSS kB | PSS ratio | anonymous kB | CPU ticks / window | CPU ratio | context switches | children |")
+            out.append("|---|---|---|---|---|---|---|---|---|---|---|")
             for t, v in b.items():
                 if t == "skipped":
                     continue
                 out.append(f"| {t} | {v['supervisor_procs']} | {self.mmm(v['rss_kb'])} | "
-                           f"{self.ratio(v['rss_kb'], ref and ref['rss_kb'])} | {v['cpu_ticks']} "
+                           f"{self.ratio(v['rss_kb'], ref and ref['rss_kb'])} | {self.mmm(v['pss_kb'])} | "
+                           f"{self.ratio(v['pss_kb'], ref and ref['pss_kb'])} | {self.mmm(v['anon_kb'])} | {v['cpu_ticks']} "
                            f"({v['cpu_ms']:.0f} ms) | {self.ratio(v['cpu_ticks'], ref and ref['cpu_ticks'])} | "
                            f"{v['ctx_switches']} | {v['children']} |")
             skipped("idle")
-            out.append("\nRSS = sum of VmRSS of the supervisor's own processes (dmp-contained: shim + "
+            if ref and ref.get("processes"):
+                parts = ", ".join(f"{p['role']} {p['rss_kb']} / {p['pss_kb']} / {p['anon_kb']}"
+                                  for p in ref["processes"])
+                out.append(f"\n{OURS} per process (RSS / PSS / anonymous kB, last sample): {parts}.")
+            out.append("\nRSS, PSS, anonymous = sums over the supervisor's own processes from "
+                       "/proc/PID/smaps_rollup (dmp-contained: shim + "
                        "supervisor; tini: tini alone, its 10 sleeps run under "
-                       "tests/fixtures/spawn-sleepers.sh), sampled every 5 s; CPU = utime+stime delta "
+                       "tests/fixtures/spawn-sleepers.sh), sampled every 5 s; PSS divides each shared "
+                       "page among the processes mapping it, so pages our two processes share count "
+                       "once in the sum; CPU = utime+stime delta "
                        f"(1 tick = {1000 // CLK_TCK} ms); context switches summed over threads (wake-ups).")
         if "logs" in B:
             b = B["logs"]

@@ -39,8 +39,13 @@ pub enum Format {
 }
 
 /// Bytes of formatted output that may wait for a slow stdout reader; beyond this, new output
-/// is dropped and counted (the ring and followers still get every line).
+/// is dropped and counted (the ring and followers still get every line). The queue holds the
+/// captured chunks themselves (shared with the ring), so nothing is allocated for it up front.
 pub const OUTPUT_QUEUE: usize = 8 << 20;
+
+/// The writer formats queued chunks into one buffer and writes it once it holds this much:
+/// one `write` per batch, and a buffer that stays this small however much is queued.
+const WRITE_BATCH: usize = 128 << 10;
 
 /// Named timer: a full queue whose writer made no progress for this long means stdout is
 /// stuck (nobody reads it); until it moves again, output is dropped rather than waited for.
@@ -49,11 +54,15 @@ const STALL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Where formatted service output goes (the supervisor's stdout), written by a thread of its
 /// own: a stdout nobody reads (a paused terminal, `up | less`, a stalled log driver) fills a
 /// bounded queue and then costs dropped, counted lines — never a blocked control loop.
+/// Capture only queues a reference to each chunk; the writer thread adds the `name | `
+/// prefixes, off the control loop's thread.
 pub struct Output {
     pub format: Format,
     queue: Mutex<Queue>,
-    /// Signalled when the queue gets bytes (writer waits) or drains (`flush` waits).
-    wake: Condvar,
+    /// The writer waits here for chunks (signalled only when it is waiting).
+    work: Condvar,
+    /// `flush` waits here for the queue to drain (signalled only when someone flushes).
+    drained: Condvar,
     written_bytes: AtomicU64,
     /// Notified by the writer after each write: capture waits on it while the queue is full.
     room: tokio::sync::Notify,
@@ -66,9 +75,15 @@ pub struct Output {
 
 #[derive(Default)]
 struct Queue {
-    buf: Vec<u8>,
-    /// The writer thread holds a batch it took from `buf`.
+    chunks: VecDeque<(Batch, u8)>,
+    /// Formatted size of `chunks` (what `OUTPUT_QUEUE` bounds).
+    bytes: usize,
+    /// The writer thread holds chunks it took from `chunks`.
     writing: bool,
+    /// The writer waits on `work`.
+    idle: bool,
+    /// Threads waiting on `drained`.
+    flushers: usize,
 }
 
 impl Output {
@@ -82,7 +97,8 @@ impl Output {
         let out = Arc::new(Output {
             format,
             queue: Mutex::new(Queue::default()),
-            wake: Condvar::new(),
+            work: Condvar::new(),
+            drained: Condvar::new(),
             written_bytes: AtomicU64::new(0),
             room: tokio::sync::Notify::new(),
             stuck: AtomicBool::new(false),
@@ -101,61 +117,86 @@ impl Output {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The writer thread: takes everything queued, writes it, repeats; after a stall it says
-    /// how many lines were dropped.
+    /// The writer thread: takes every queued chunk, formats and writes them in batches of
+    /// `WRITE_BATCH`, repeats; after a stall it says how many lines were dropped.
     fn writer(&self, mut sink: Box<dyn Write + Send>) {
-        let mut batch = Vec::new();
+        let mut buf = Vec::new();
         let mut reported = 0;
+        let mut taken = VecDeque::new();
         loop {
             {
                 let mut q = self.lock();
                 q.writing = false;
-                self.wake.notify_all();
-                while q.buf.is_empty() {
-                    q = self.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+                if q.flushers > 0 {
+                    self.drained.notify_all();
                 }
-                std::mem::swap(&mut q.buf, &mut batch);
+                while q.chunks.is_empty() {
+                    q.idle = true;
+                    q = self.work.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+                q.idle = false;
+                std::mem::swap(&mut q.chunks, &mut taken);
+                q.bytes = 0;
                 q.writing = true;
             }
             let dropped = self.dropped_lines.load(Ordering::Relaxed);
             if dropped > reported {
                 let _ = writeln!(
-                    batch,
+                    buf,
                     "dmp-contained | [output] {} lines dropped while stdout was not being read ({dropped} in all)",
                     dropped - reported
                 );
                 reported = dropped;
             }
-            if sink.write_all(&batch).and_then(|_| sink.flush()).is_ok() {
-                self.written_bytes
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            for (chunk, color) in taken.drain(..) {
+                for i in 0..chunk.len() {
+                    chunk.format_line(&mut buf, i, self.format, color);
+                    if buf.len() >= WRITE_BATCH {
+                        self.write(&mut *sink, &mut buf);
+                    }
+                }
             }
-            self.stuck.store(false, Ordering::Relaxed);
-            self.room.notify_waiters();
-            batch.clear();
-            if batch.capacity() > OUTPUT_QUEUE {
-                batch.shrink_to(1 << 20);
+            if !buf.is_empty() {
+                self.write(&mut *sink, &mut buf);
+            }
+            if buf.capacity() > 2 * WRITE_BATCH {
+                buf = Vec::new();
+            }
+            if taken.capacity() > 64 {
+                taken = VecDeque::new();
             }
         }
     }
 
-    /// Queues a chunk's formatted lines; drops (and counts) them when the queue is full.
-    fn write_chunk(&self, chunk: &Chunk, color: u8) {
+    /// Writes `buf` to the sink (blocking: this is the writer thread) and empties it.
+    fn write(&self, sink: &mut dyn Write, buf: &mut Vec<u8>) {
+        if sink.write_all(buf).and_then(|_| sink.flush()).is_ok() {
+            self.written_bytes
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        }
+        buf.clear();
+        self.stuck.store(false, Ordering::Relaxed);
+        self.room.notify_waiters();
+    }
+
+    /// Queues a chunk's lines; drops (and counts) them when the queue is full.
+    fn write_chunk(&self, chunk: &Batch, color: u8) {
         if !self.try_queue(chunk, color) {
             self.count_drop(chunk.len(), chunk.text.len());
         }
     }
 
     /// Queues a chunk unless the queue is full.
-    fn try_queue(&self, chunk: &Chunk, color: u8) -> bool {
+    fn try_queue(&self, chunk: &Batch, color: u8) -> bool {
         let mut q = self.lock();
-        let before = q.buf.len();
-        if before >= OUTPUT_QUEUE {
+        if q.bytes >= OUTPUT_QUEUE {
             return false;
         }
-        chunk.format(&mut q.buf, self.format, color);
-        if before == 0 {
-            self.wake.notify_all();
+        q.bytes += chunk.formatted_len(self.format);
+        q.chunks.push_back((chunk.clone(), color));
+        if q.idle {
+            q.idle = false;
+            self.work.notify_one();
         }
         true
     }
@@ -163,7 +204,7 @@ impl Output {
     /// Queues a chunk, waiting (asynchronously: the service's pipe fills and slows it, as a
     /// plain pipe would) while a slow reader catches up; once the writer has made no progress
     /// for `STALL`, stdout counts as stuck and lines are dropped and counted instead.
-    async fn send(&self, chunk: &Chunk, color: u8) {
+    async fn send(&self, chunk: &Batch, color: u8) {
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
@@ -192,24 +233,29 @@ impl Output {
     pub fn flush(&self, timeout: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         let mut q = self.lock();
-        while !q.buf.is_empty() || q.writing {
+        q.flushers += 1;
+        let done = loop {
+            if q.chunks.is_empty() && !q.writing {
+                break true;
+            }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                return false;
+                break false;
             }
             q = self
-                .wake
+                .drained
                 .wait_timeout(q, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
-        }
-        true
+        };
+        q.flushers -= 1;
+        done
     }
 
     /// For status `supervisor.output` and the metrics.
     pub fn stats(&self) -> OutputStats {
         OutputStats {
-            queued_bytes: self.lock().buf.len() as u64,
+            queued_bytes: self.lock().bytes as u64,
             queue_limit_bytes: OUTPUT_QUEUE as u64,
             written_bytes: self.written_bytes.load(Ordering::Relaxed),
             dropped_lines: self.dropped_lines.load(Ordering::Relaxed),
@@ -235,8 +281,9 @@ pub struct EntryLog {
     cap: usize,
     ring: Mutex<Ring>,
     /// One message per captured batch (one pipe read), so a burst of many short lines cannot
-    /// overrun followers that keep up.
-    tx: broadcast::Sender<Batch>,
+    /// overrun followers that keep up. Made by the first follower (its slots are allocated
+    /// up front).
+    tx: std::sync::OnceLock<broadcast::Sender<Batch>>,
     /// `log_dir`: the entry's rotated log file (src/logfile.rs), set once at start.
     pub file: std::sync::OnceLock<crate::logfile::LogFile>,
 }
@@ -257,12 +304,17 @@ pub type Batch = Arc<Chunk>;
 
 impl Chunk {
     fn new(entry: Arc<str>, stream: Stream) -> Chunk {
+        Chunk::with_capacity(entry, stream, 0)
+    }
+
+    /// A chunk for about `bytes` of text (one allocation for a whole pipe read).
+    fn with_capacity(entry: Arc<str>, stream: Stream, bytes: usize) -> Chunk {
         Chunk {
             entry,
             stream,
             ts: 0,
             first_seq: 0,
-            text: String::new(),
+            text: String::with_capacity(bytes),
             ends: Vec::new(),
         }
     }
@@ -317,31 +369,47 @@ impl Chunk {
         (0..self.len()).map(|i| self.line(i))
     }
 
+    /// Appends line `i` as output: `name | text` (coloured) or a JSON object, and a newline.
+    fn format_line(&self, buf: &mut Vec<u8>, i: usize, format: Format, color: u8) {
+        let text = self.text(i);
+        match format {
+            Format::Text { color: true } => {
+                let _ = write!(buf, "\x1b[{color}m{} |\x1b[0m ", self.entry);
+                buf.extend_from_slice(text.as_bytes());
+            }
+            Format::Text { color: false } => {
+                buf.extend_from_slice(self.entry.as_bytes());
+                buf.extend_from_slice(b" | ");
+                buf.extend_from_slice(text.as_bytes());
+            }
+            Format::Json => {
+                let line = LineRef {
+                    seq: self.first_seq + i as u64,
+                    ts: self.ts,
+                    entry: &self.entry,
+                    stream: self.stream,
+                    text,
+                };
+                let _ = serde_json::to_writer(&mut *buf, &line);
+            }
+        }
+        buf.push(b'\n');
+    }
+
+    /// About how many bytes `format_line` makes of the whole chunk (the queue's measure).
+    fn formatted_len(&self, format: Format) -> usize {
+        let per_line = match format {
+            Format::Text { color: false } => self.entry.len() + 4,
+            Format::Text { color: true } => self.entry.len() + 14,
+            Format::Json => self.entry.len() + 80,
+        };
+        self.text.len() + self.len() * per_line
+    }
+
+    #[cfg(test)]
     fn format(&self, buf: &mut Vec<u8>, format: Format, color: u8) {
         for i in 0..self.len() {
-            let text = self.text(i);
-            match format {
-                Format::Text { color: true } => {
-                    let _ = write!(buf, "\x1b[{color}m{} |\x1b[0m ", self.entry);
-                    buf.extend_from_slice(text.as_bytes());
-                }
-                Format::Text { color: false } => {
-                    buf.extend_from_slice(self.entry.as_bytes());
-                    buf.extend_from_slice(b" | ");
-                    buf.extend_from_slice(text.as_bytes());
-                }
-                Format::Json => {
-                    let line = LineRef {
-                        seq: self.first_seq + i as u64,
-                        ts: self.ts,
-                        entry: &self.entry,
-                        stream: self.stream,
-                        text,
-                    };
-                    let _ = serde_json::to_writer(&mut *buf, &line);
-                }
-            }
-            buf.push(b'\n');
+            self.format_line(buf, i, format, color);
         }
     }
 }
@@ -393,9 +461,7 @@ impl EntryLog {
                 held: 0,
                 total: 0,
             }),
-            // Batches, not lines; followers drain it continuously into their own buffers. Every
-            // slot is allocated up front, so keep it small.
-            tx: broadcast::channel(FOLLOW_BATCHES).0,
+            tx: std::sync::OnceLock::new(),
             file: std::sync::OnceLock::new(),
         })
     }
@@ -408,7 +474,9 @@ impl EntryLog {
     /// Tail and subscription taken atomically, so a follower misses nothing in between.
     pub fn follow(&self, n: usize) -> (Vec<Arc<Line>>, broadcast::Receiver<Batch>) {
         let r = self.ring.lock().unwrap();
-        let rx = self.tx.subscribe();
+        // Batches, not lines; followers drain it continuously into their own buffers.
+        let tx = self.tx.get_or_init(|| broadcast::channel(FOLLOW_BATCHES).0);
+        let rx = tx.subscribe();
         (r.tail(n.min(self.cap)), rx)
     }
 
@@ -445,8 +513,8 @@ impl EntryLog {
             r.chunks.pop_front();
         }
         // Sent under the ring lock so `follow` never sees a line twice or misses one.
-        if self.tx.receiver_count() > 0 {
-            let _ = self.tx.send(chunk.clone());
+        if let Some(tx) = self.tx.get().filter(|tx| tx.receiver_count() > 0) {
+            let _ = tx.send(chunk.clone());
         }
         drop(r);
         if let Some(f) = self.file.get() {
@@ -516,6 +584,15 @@ pub fn split_into(pending: &mut Vec<u8>, max: usize, chunk: &mut Chunk) {
     pending.drain(..start);
 }
 
+/// A pipe read starts with room for this much; a read that fills the room doubles it, up to
+/// `READ_MAX` (a chatty service is read in big chunks: one wake-up, one chunk, one queue
+/// entry per read), and a small read shrinks it back (an idle service holds little). A read is
+/// one chunk, and the ring and each follower hold whole chunks, so `READ_MAX` also bounds
+/// what they keep beyond their line limits.
+const READ_MIN: usize = 64 << 10;
+const READ_MAX: usize = 256 << 10;
+const READ_SMALL: usize = 4 << 10;
+
 /// Reads a pipe until EOF, feeding lines to the entry log. The last partial line is flushed.
 pub async fn pump<R: AsyncRead + Unpin>(
     mut r: R,
@@ -523,15 +600,23 @@ pub async fn pump<R: AsyncRead + Unpin>(
     out: Arc<Output>,
     stream: Stream,
 ) {
-    let mut pending: Vec<u8> = Vec::with_capacity(128 * 1024);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut room = READ_MIN;
     loop {
-        if pending.capacity() - pending.len() < 64 * 1024 {
-            pending.reserve(64 * 1024);
+        if pending.capacity() - pending.len() < room {
+            pending.reserve_exact(room);
         }
+        let spare = pending.capacity() - pending.len();
         match r.read_buf(&mut pending).await {
             Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let mut chunk = Chunk::new(log.name.clone(), stream);
+            Ok(n) => {
+                if n == spare {
+                    room = (room * 2).min(READ_MAX);
+                } else if n < READ_SMALL && room > READ_MIN {
+                    room = READ_MIN;
+                    pending.shrink_to(READ_MIN);
+                }
+                let mut chunk = Chunk::with_capacity(log.name.clone(), stream, pending.len());
                 split_into(&mut pending, MAX_LINE, &mut chunk);
                 if let Some(c) = log.record(chunk) {
                     out.send(&c, log.color).await;
@@ -616,6 +701,72 @@ mod tests {
         assert_eq!(first["entry"], "api");
         assert_eq!(first["stream"], "stderr");
         assert_eq!(first["text"], "hello");
+    }
+
+    /// A sink that keeps what it is given.
+    #[derive(Clone, Default)]
+    struct Kept(Arc<Mutex<Vec<u8>>>);
+    impl Write for Kept {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// One big read (many write batches of the writer thread): every line reaches the output
+    /// once, in order, prefixed; the ring keeps only its last `cap` lines.
+    #[tokio::test]
+    async fn a_big_read_is_written_whole_and_in_order_and_the_ring_keeps_its_tail() {
+        let kept = Kept::default();
+        let out = Output::spawn(Format::Text { color: false }, Box::new(kept.clone()));
+        let log = EntryLog::new("api", 0, 10);
+        let (mut w, r) = tokio::io::duplex(64 << 10);
+        let pump = tokio::spawn(pump(r, log.clone(), out.clone(), Stream::Stdout));
+        let mut all = Vec::new();
+        for i in 0..50_000 {
+            writeln!(all, "line {i}").unwrap();
+        }
+        all.extend_from_slice(b"no newline");
+        tokio::io::AsyncWriteExt::write_all(&mut w, &all)
+            .await
+            .unwrap();
+        drop(w);
+        pump.await.unwrap();
+        assert!(out.flush(std::time::Duration::from_secs(5)));
+        let text = String::from_utf8(kept.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 50_001);
+        for (i, l) in lines[..50_000].iter().enumerate() {
+            assert_eq!(*l, format!("api | line {i}"));
+        }
+        assert_eq!(lines[50_000], "api | no newline");
+        let tail: Vec<u64> = log.tail(100).iter().map(|l| l.seq).collect();
+        assert_eq!(tail, (49_991..50_001).collect::<Vec<u64>>());
+        assert_eq!(log.total_lines(), 50_001);
+        assert_eq!(out.stats()["dropped_lines"], 0);
+    }
+
+    #[test]
+    fn a_chunk_longer_than_the_ring_still_tails_the_ring_size() {
+        let out = sink();
+        let log = EntryLog::new("x", 0, 3);
+        let (_, mut rx) = log.follow(0);
+        push_lines(&log, &out, &["0", "1", "2", "3", "4"]);
+        push_lines(&log, &out, &["5"]);
+        let tail: Vec<(u64, String)> = log
+            .tail(10)
+            .iter()
+            .map(|l| (l.seq, l.text.clone()))
+            .collect();
+        assert_eq!(
+            tail,
+            vec![(3, "3".into()), (4, "4".into()), (5, "5".into())]
+        );
+        // Followers get the whole chunk.
+        assert_eq!(rx.try_recv().unwrap().len(), 5);
     }
 
     /// A sink that blocks until the test lets it go, like a stdout nobody reads.

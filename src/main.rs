@@ -28,6 +28,7 @@ mod sockets;
 mod state;
 mod status;
 mod supervisor;
+mod trim;
 mod unavailable;
 mod wait;
 mod watch;
@@ -357,8 +358,7 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .unwrap_or(LevelFilter::INFO);
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
-        // Slots are allocated (and touched) up front: keep the queue small.
-        .buffered_lines_limit(4096)
+        .buffered_lines_limit(STDERR_QUEUE)
         .thread_name("stderr")
         .finish(redact::Writer(std::io::stderr()));
     let b = tracing_subscriber::fmt()
@@ -371,6 +371,10 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     }
     guard
 }
+
+/// Lines of the supervisor's own messages that may wait for stderr (then they are dropped).
+/// Every slot is allocated and touched up front, so the queue is kept small.
+const STDERR_QUEUE: usize = 512;
 
 fn tty(fd: i32) -> bool {
     nix::unistd::isatty(fd).unwrap_or(false)
@@ -387,7 +391,7 @@ fn init_tracing_tty(term: Arc<progress::Terminal>) -> tracing_appender::non_bloc
         .unwrap_or(LevelFilter::WARN);
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
-        .buffered_lines_limit(4096)
+        .buffered_lines_limit(STDERR_QUEUE)
         .thread_name("stderr")
         .finish(redact::Writer(progress::TtySink(term)));
     tracing_subscriber::fmt()
@@ -498,6 +502,7 @@ fn up(
     as_service: Option<&str>,
     progress: progress::Mode,
 ) -> i32 {
+    trim::tune_malloc();
     let progress = match progress {
         progress::Mode::Auto if tty(1) && tty(2) => progress::Mode::Tty,
         progress::Mode::Auto => progress::Mode::Plain,
@@ -650,6 +655,7 @@ fn up(
             .name("progress".into())
             .spawn(move || progress_rt.block_on(progress::run(renderer, events, started, term)))
             .expect("spawn the progress thread");
+        tokio::spawn(trim::when_idle(shared.events.subscribe()));
         let api = Arc::new(api::Api::new(shared, token));
         tokio::spawn(api::serve_tcp(api.clone(), tcp));
         tokio::spawn(api::serve_unix(api, unix));

@@ -82,6 +82,9 @@ pub fn run_shim() -> ! {
         }
     };
 
+    // From here on the shim runs a few small loops: it keeps no page of the big binary it
+    // does not use (src/trim.rs).
+    crate::trim::trim();
     let status = forward_until_exit(&mut signals, child);
     // A supervisor that exits normally leaves an empty plan; one that was killed (or
     // panicked) leaves what was running.

@@ -147,8 +147,23 @@ pub fn spawn(
             cmd.pre_exec(move || Err(exec.exec_in_child()));
         }
     }
-    cmd.spawn()
+    let child = cmd.spawn()?;
+    use std::os::fd::AsRawFd;
+    let pipes = [
+        child.stdout.as_ref().map(|p| p.as_raw_fd()),
+        child.stderr.as_ref().map(|p| p.as_raw_fd()),
+    ];
+    for fd in pipes.into_iter().flatten() {
+        // Best effort (an unprivileged user past its pipe quota keeps the default 64 KiB):
+        // a service writing in bursts runs on instead of waiting for each 64 KiB to be read.
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE));
+    }
+    Ok(child)
 }
+
+/// Capacity of the pipes that carry an entry's stdout and stderr. The kernel allocates a
+/// pipe's pages as data arrives, so an idle pipe costs nothing more.
+const OUTPUT_PIPE: libc::c_int = 1 << 20;
 
 /// The `execve` of an entry with held sockets, prepared before `fork`.
 fn socket_exec(
