@@ -746,7 +746,7 @@ mod tests {
         let tail: Vec<u64> = log.tail(100).iter().map(|l| l.seq).collect();
         assert_eq!(tail, (49_991..50_001).collect::<Vec<u64>>());
         assert_eq!(log.total_lines(), 50_001);
-        assert_eq!(out.stats()["dropped_lines"], 0);
+        assert_eq!(out.stats().dropped_lines, 0);
     }
 
     #[test]
