@@ -481,6 +481,13 @@ async fn pump_follower(
         tokio::select! {
             r = rx.recv(), if open => match r {
                 Ok(batch) => {
+                    // Full: hand what is pending to the body first if the client has room for
+                    // it (a burst arrives as a few big batches); skip only when it has not.
+                    if buf.len() >= FOLLOW_MAX_PENDING {
+                        if let Ok(permit) = tx.try_reserve() {
+                            send_pending(permit, &mut buf, &mut skipped, &mut lagged);
+                        }
+                    }
                     if buf.len() >= FOLLOW_MAX_PENDING {
                         skipped += batch.len() as u64;
                     } else {
@@ -494,21 +501,31 @@ async fn pump_follower(
             },
             permit = tx.reserve(), if pending => {
                 let Ok(permit) = permit else { return };
-                if skipped > 0 || lagged > 0 {
-                    let note = if skipped > 0 {
-                        format!("[dmp-contained: follower too slow, {skipped} lines skipped]\n")
-                    } else {
-                        format!("[dmp-contained: follower too slow, {lagged} batches of lines skipped]\n")
-                    };
-                    buf.extend_from_slice(note.as_bytes());
-                    skipped = 0;
-                    lagged = 0;
-                }
-                permit.send(Bytes::from(std::mem::take(&mut buf)));
+                send_pending(permit, &mut buf, &mut skipped, &mut lagged);
             }
             _ = tx.closed(), if !pending => return,
         }
     }
+}
+
+/// Sends a follower's pending bytes, with a marker line for what it skipped.
+fn send_pending(
+    permit: mpsc::Permit<'_, Bytes>,
+    buf: &mut Vec<u8>,
+    skipped: &mut u64,
+    lagged: &mut u64,
+) {
+    if *skipped > 0 {
+        let note = format!("[dmp-contained: follower too slow, {skipped} lines skipped]\n");
+        buf.extend_from_slice(note.as_bytes());
+    } else if *lagged > 0 {
+        let note =
+            format!("[dmp-contained: follower too slow, {lagged} batches of lines skipped]\n");
+        buf.extend_from_slice(note.as_bytes());
+    }
+    *skipped = 0;
+    *lagged = 0;
+    permit.send(Bytes::from(std::mem::take(buf)));
 }
 
 /// Decodes `%XX` escapes; anything else (a lone `%`, `%` before a multi-byte character) is
@@ -549,36 +566,19 @@ mod decode_tests {
 /// dashboard connections plus every service's pipes). Returns the resulting soft limit.
 /// Call it from `main` before the runtime starts.
 pub fn raise_nofile() -> u64 {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
     };
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
-            return 1024;
-        }
-        if r.rlim_cur < r.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: r.rlim_max,
-                rlim_max: r.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                r.rlim_cur = r.rlim_max;
-            }
-        }
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
     }
-    r.rlim_cur
+    soft
 }
 
 fn nofile_soft() -> u64 {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return 1024;
-    }
-    r.rlim_cur
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft)
 }
 
 pub fn render_metrics(st: &Status) -> String {
@@ -993,9 +993,10 @@ pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixLi
                 .create(dir)?;
         }
     }
-    let old = unsafe { libc::umask(0o177) };
+    use nix::sys::stat::{umask, Mode};
+    let old = umask(Mode::from_bits_truncate(0o177));
     let l = tokio::net::UnixListener::bind(path);
-    unsafe { libc::umask(old) };
+    umask(old);
     let l = l?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)

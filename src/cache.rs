@@ -485,10 +485,7 @@ fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
 fn syncfs(p: &Path) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let f = std::fs::File::open(p)?;
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    nix::unistd::syncfs(f.as_raw_fd()).map_err(io::Error::from)
 }
 
 /// Copies `data_dir` to `<dest>/data` atomically: into a temp dir next to `dest`, flushed,

@@ -13,6 +13,7 @@
 //! entry of the supervisor's stop plan (a file it keeps current, see `STOP_PLAN_ENV`) with its
 //! own stop signal, in reverse dependency order; then every remaining descendant (TERM,
 //! grace, KILL), and waits for them before exiting.
+#![allow(unsafe_code)] // fork/exec of the supervisor, prctl, raw signals, setitimer; every site has a SAFETY comment
 use nix::errno::Errno;
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};

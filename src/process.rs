@@ -7,6 +7,7 @@
 //! and every descendant of those (Postgres children overwrite their environment with their
 //! process title, but stay children of the marked postmaster). When a marked leader died,
 //! its unmarked orphans (children of the init shim with no marker left) are members too.
+#![allow(unsafe_code)] // pre_exec hooks between fork and exec; every site has a SAFETY comment
 
 use crate::plan::Entry;
 use nix::sys::signal::{kill, Signal};

@@ -2,6 +2,7 @@
 //! path of a start, and a renderer from events to a TTY block, plain lines, JSON lines or
 //! nothing. The I/O around it (the broadcast, stderr, the TTY sink) lives in `run_renderer`
 //! and `TtySink`.
+#![allow(unsafe_code)] // TIOCGWINSZ ioctl (terminal width); every site has a SAFETY comment
 
 use crate::state::State;
 use serde::{Deserialize, Serialize};

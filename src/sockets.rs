@@ -14,6 +14,7 @@
 //! built; so for an entry with sockets the child builds nothing after `fork` (only
 //! async-signal-safe work): the argv/envp arrays are prepared before, with a placeholder that
 //! the child fills with its pid, and the child calls `execve` itself.
+#![allow(unsafe_code)] // fd setup and execve in the forked child (async-signal-safe only); every site has a SAFETY comment
 
 use crate::plan::Entry;
 use std::ffi::CString;

@@ -8,6 +8,7 @@
 //!
 //! The shim trims once it has started the supervisor; the supervisor trims when its event
 //! stream has been quiet for `IDLE_AFTER` (once per quiet period: no timer runs while idle).
+#![allow(unsafe_code)] // madvise and malloc_trim have no safe wrapper; every site has a SAFETY comment
 
 use std::time::Duration;
 use tokio::sync::broadcast;

@@ -1,6 +1,7 @@
 //! The control plane against the real binary: status schema for every state, health,
 //! logs (tail, follow, JSON), 404s, token-gated HTTP mutations, socket mutations through the
 //! CLI, secret redaction, CLI exit codes, and hostile clients.
+#![allow(unsafe_code)] // tests send signals and read process state through libc
 mod common;
 use common::*;
 use serde_json::Value;
@@ -320,6 +321,19 @@ command = "while [ ! -f {go} ]; do sleep 0.02; done; seq 1 20000; exec sleep 60"
     let mut followers: Vec<_> = (0..5).map(|_| follow(port, "counter", "tail=0")).collect();
     let mut json_follower = follow(port, "counter", "tail=0&format=json");
     std::fs::write(&go, "").unwrap();
+    // Every follower reads as the lines come (one that does not read gets a skip marker,
+    // tests/section_hardening.rs).
+    let json_reader = std::thread::spawn(move || {
+        for want in 1..=20000u64 {
+            let mut l = String::new();
+            json_follower.read_line(&mut l).unwrap();
+            let v = json(&l);
+            assert_eq!(v["text"], want.to_string());
+            assert_eq!(v["seq"], want - 1);
+            assert_eq!(v["entry"], "counter");
+            assert_eq!(v["stream"], "stdout");
+        }
+    });
     let handles: Vec<_> = followers
         .drain(..)
         .map(|mut r| std::thread::spawn(move || read_numbered(&mut r, 20000)))
@@ -327,15 +341,7 @@ command = "while [ ! -f {go} ]; do sleep 0.02; done; seq 1 20000; exec sleep 60"
     for h in handles {
         h.join().unwrap();
     }
-    for want in 1..=20000u64 {
-        let mut l = String::new();
-        json_follower.read_line(&mut l).unwrap();
-        let v = json(&l);
-        assert_eq!(v["text"], want.to_string());
-        assert_eq!(v["seq"], want - 1);
-        assert_eq!(v["entry"], "counter");
-        assert_eq!(v["stream"], "stdout");
-    }
+    json_reader.join().unwrap();
     wait_for("all lines captured", T, || {
         (s.entry("counter")["log_lines"] == 20000).then_some(())
     });

@@ -1,5 +1,6 @@
 //! Oneshot steps, the step cache and data snapshots on the real binary; the seeding tests
 //! run a real PostgreSQL 15 and a STAND-IN for Elasticsearch (tests/fixtures/search-standin.py).
+#![allow(unsafe_code)] // tests send signals and read process state through libc
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};

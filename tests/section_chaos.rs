@@ -6,6 +6,7 @@
 //!
 //! Real binary, real Postgres from Debian (left out of the table, with a message, where it is
 //! not installed). Prints one `chaos-figures {json}` line for BENCHMARKS.md.
+#![allow(unsafe_code)] // tests send signals and read process state through libc
 mod common;
 use common::*;
 use std::io::{Read, Write};

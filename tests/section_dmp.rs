@@ -2,6 +2,7 @@
 //! real binary with small tables. Optional edges, a fresh start once a dependency is ready
 //! again, `[supervisor] env_file` interpolation and layered entry env files, the exit code of a
 //! requested stop, the folded text `status`.
+#![allow(unsafe_code)] // tests send signals and read process state through libc
 mod common;
 use common::*;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! supervisor knows reaches any output; hostile HTTP clients cannot exhaust it; bad config
 //! values are refused by `check`; faults (corrupt cache records, a squatted socket, a deleted
 //! watch root) are handled. Real binary, real pipes and sockets.
+#![allow(unsafe_code)] // tests send signals and read process state through libc
 mod common;
 use common::*;
 use std::process::{Command, Stdio};

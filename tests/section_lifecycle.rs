@@ -1,5 +1,6 @@
 //! The real binary on temp tables: ordering, readiness gating, restarts, exit codes,
 //! selection, shutdown.
+#![allow(unsafe_code)] // tests send signals and read process state through libc
 mod common;
 use common::*;
 use std::time::Duration;

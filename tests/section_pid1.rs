@@ -1,6 +1,7 @@
 //! The binary as real PID 1 of a fresh PID namespace (`unshare --pid --fork --mount-proc`):
 //! orphans are reaped, signals are forwarded, exit codes pass through. Needs root; skipped
 //! (with a message) where namespaces cannot be created.
+#![allow(unsafe_code)] // tests send signals and read process state through libc
 mod common;
 use common::*;
 use std::process::Command;

@@ -1,6 +1,7 @@
 //! Reloads that drop no request (`listen`: sockets held by the supervisor, passed by the
 //! systemd protocol and `WERKZEUG_SERVER_FD`), on the real binary with a plain Python server,
 //! Debian's Flask dev server and nginx in front.
+#![allow(unsafe_code)] // tests send signals and read process state through libc
 mod common;
 use common::*;
 use serde_json::Value;

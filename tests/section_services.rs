@@ -1,6 +1,7 @@
 //! Real services from Debian's packages (postgresql, redis-server, nginx) under the real
 //! binary: native readiness probes, privilege drop, restart after SIGKILL, reverse-order
 //! stop, and a Postgres that shuts down cleanly (no recovery on the next start).
+#![allow(unsafe_code)] // tests send signals and read process state through libc
 mod common;
 use common::*;
 use std::os::unix::fs::PermissionsExt;

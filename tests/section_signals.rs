@@ -6,6 +6,7 @@
 //!
 //! Real binary, real Postgres from Debian, PID 1 under `unshare --pid --fork --mount-proc`
 //! (skipped with a message where namespaces or Postgres are missing).
+#![allow(unsafe_code)] // tests send signals and read process state through libc
 mod common;
 use common::*;
 use std::os::unix::fs::PermissionsExt;

@@ -1,4 +1,5 @@
 //! Shared helpers for tests that run the real binary on temporary tables.
+#![allow(unsafe_code)] // tests send signals and read process state through libc
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
