@@ -1100,6 +1100,8 @@ impl Supervisor {
                 .map_err(Refused::Conflict),
             Action::Stop => {
                 self.rt[i].user_stopped = true;
+                // Held for a snapshot copy: the user's stop outlasts the hold.
+                self.release_from_hold(i);
                 if s.is_active() && s != State::Stopping {
                     self.stop_entry(i, far);
                     Ok(Some(format!("stopping {name}")))

@@ -304,6 +304,14 @@ impl Supervisor {
         }
     }
 
+    /// A user's `stop` during a snapshot hold: the entry is no longer held, so the end of the
+    /// copy does not start it again.
+    pub(super) fn release_from_hold(&mut self, i: usize) {
+        if let Some(m) = &mut self.cache.maint {
+            m.affected.retain(|&a| a != i);
+        }
+    }
+
     fn begin_maint(&mut self, m: Maint) {
         if self.cache.maint.is_some() {
             self.cache.queued.push_back(m);
