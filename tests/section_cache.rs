@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -323,16 +321,7 @@ fn seeded_table(d: &Path, p: &Pg) -> String {
         p.pg
     );
     format!(
-        r#"
-[process.postgres]
-command = "[ -f data/PG_VERSION ] || {PG_BIN}/initdb -D data -U postgres -A trust >/dev/null; exec {PG_BIN}/postgres -D data -p {pg} -k {pgdir} -c listen_addresses=127.0.0.1 -c fsync=off"
-cwd = "{pgdir}"
-user = "postgres"
-stop_signal = "SIGINT"
-stop_timeout = "20s"
-data_dir = "{pgdir}/data"
-ready = {{ postgres = "host=127.0.0.1 port={pg} user=postgres dbname=postgres", interval = "100ms", start_period = "60s" }}
-
+        r#"{postgres}
 [process.search]
 command = ["python3", "{f}/search-standin.py", "{es}", "{dir}/search"]
 data_dir = "{dir}/search"
@@ -366,9 +355,8 @@ command = ["bash", "-o", "pipefail", "-c", "{psql} -At -d app -c 'SELECT id, slu
 after = ["migrate", "search"]
 cache = {{ key_extra = ["index-v1"], snapshot = "search" }}
 "#,
-        pg = p.pg,
+        postgres = postgres_entry(&pgdir, p.pg, true),
         es = p.es,
-        pgdir = pgdir.display(),
         dir = d.display(),
         f = f.display(),
     )

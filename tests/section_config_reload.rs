@@ -413,8 +413,6 @@ command = ["sleep", "1000"]
     assert!(!s.path("app.hups").exists());
 }
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
 /// A real Postgres that the edit does not touch is never restarted; the app after it is.
 #[test]
 fn untouched_postgres_is_never_restarted() {
@@ -425,20 +423,12 @@ fn untouched_postgres_is_never_restarted() {
     let table_body = |d: &Path, v: &str| {
         let pgdir = d.join("pg");
         format!(
-            r#"
-[process.postgres]
-command = "[ -f data/PG_VERSION ] || {PG_BIN}/initdb -D data -U postgres -A trust >/dev/null; exec {PG_BIN}/postgres -D data -p {pg} -k {pgdir} -c listen_addresses=127.0.0.1 -c fsync=off"
-cwd = "{pgdir}"
-user = "postgres"
-stop_signal = "SIGINT"
-stop_timeout = "20s"
-ready = {{ postgres = "host=127.0.0.1 port={pg} user=postgres dbname=postgres", interval = "100ms", start_period = "60s" }}
-
+            r#"{postgres}
 [process.app]
 command = ["sh", "-c", "echo app {v}; exec sleep 1000"]
 after = ["postgres"]
 "#,
-            pgdir = pgdir.display()
+            postgres = postgres_entry(&pgdir, pg, false),
         )
     };
     let (dir, port, cfg) = table("");

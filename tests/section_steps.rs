@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -148,16 +146,7 @@ fn query(pg: u16, db: &str, sql: &str) -> Result<String, String> {
 fn pg_table(d: &Path, pgdir: &str, pg: u16) -> String {
     let pgdir = d.join(pgdir);
     format!(
-        r#"
-[process.postgres]
-command = "[ -f data/PG_VERSION ] || {PG_BIN}/initdb -D data -U postgres -A trust >/dev/null; exec {PG_BIN}/postgres -D data -p {pg} -k {pgdir} -c listen_addresses=127.0.0.1 -c fsync=off"
-cwd = "{pgdir}"
-user = "postgres"
-stop_signal = "SIGINT"
-stop_timeout = "20s"
-data_dir = "{pgdir}/data"
-ready = {{ postgres = "host=127.0.0.1 port={pg} user=postgres dbname=postgres", interval = "100ms", start_period = "60s" }}
-
+        r#"{postgres}
 [step.seed]
 command = "{psql} -c 'CREATE DATABASE app' && {psql} -d app -f seed.sql"
 cwd = "{d}"
@@ -168,7 +157,7 @@ cache = {{ inputs = ["seed.sql"], snapshot = "postgres" }}
 command = "{psql} -d app -c 'ALTER TABLE t ADD COLUMN IF NOT EXISTS y int DEFAULT 7'"
 after = ["seed"]
 "#,
-        pgdir = pgdir.display(),
+        postgres = postgres_entry(&pgdir, pg, true),
         d = d.display(),
         psql = psql_cmd(pg),
     )

@@ -396,3 +396,28 @@ pub fn require(needs: &[Need]) -> bool {
     }
     false
 }
+
+/// Debian's PostgreSQL 15 binaries (scripts/install-deps.sh).
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A `[process.postgres]` entry (run as user postgres, cluster in `<pgdir>/data`, initdb on
+/// first start, fast shutdown), with `data_dir` set when `snapshot` (cached steps copy it).
+pub fn postgres_entry(pgdir: &Path, port: u16, snapshot: bool) -> String {
+    let pgdir = pgdir.display();
+    let data_dir = if snapshot {
+        format!("data_dir = \"{pgdir}/data\"\n")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"
+[process.postgres]
+command = "[ -f data/PG_VERSION ] || {PG_BIN}/initdb -D data -U postgres -A trust >/dev/null; exec {PG_BIN}/postgres -D data -p {port} -k {pgdir} -c listen_addresses=127.0.0.1 -c fsync=off"
+cwd = "{pgdir}"
+user = "postgres"
+stop_signal = "SIGINT"
+stop_timeout = "20s"
+{data_dir}ready = {{ postgres = "host=127.0.0.1 port={port} user=postgres dbname=postgres", interval = "100ms", start_period = "60s" }}
+"#
+    )
+}
