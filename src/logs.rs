@@ -497,7 +497,7 @@ impl EntryLog {
         if chunk.is_empty() {
             return None;
         }
-        let mut chunk = chunk.redacted(crate::redact::global());
+        let mut chunk = chunk.redacted(&crate::redact::global());
         chunk.ts = now_ms();
         let mut r = self.ring.lock().unwrap();
         chunk.first_seq = r.next_seq;

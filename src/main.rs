@@ -569,7 +569,7 @@ fn up(
         .expect("tokio runtime");
     rt.block_on(async move {
         let token = api::load_token(&plan.settings.token_env);
-        redact::install(redact::for_plan(&plan, token.as_deref()));
+        redact::install(&plan, token.as_deref());
         let listen = plan.settings.api_listen.clone();
         let socket = plan.settings.socket.clone();
         let tcp = match tokio::net::TcpListener::bind(&listen).await {

@@ -1,19 +1,22 @@
 //! Redaction by value: every secret the supervisor knows (secret-named variables, passwords
 //! inside URLs and DSNs anywhere in the plan, the API token) is replaced by `<redacted>` in
 //! every output — service logs (stdout, ring, `/logs`, followers, dashboard), status and the
-//! supervisor's own stderr. One Aho-Corasick automaton, built once at start.
+//! supervisor's own stderr. One Aho-Corasick automaton, built at start and again when a config
+//! reload swaps the plan.
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use serde_json::Value;
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, RwLock};
 
 pub const REDACTED: &str = "<redacted>";
 
 /// Values shorter than this are not treated as secrets (they would redact common words).
 const MIN_SECRET: usize = 4;
 
-static GLOBAL: OnceLock<Redactor> = OnceLock::new();
+static GLOBAL: RwLock<Option<Arc<Redactor>>> = RwLock::new(None);
+/// The API token, kept for the redactor of a reloaded plan.
+static EXTRA: OnceLock<Option<String>> = OnceLock::new();
 
 pub struct Redactor {
     ac: Option<AhoCorasick>,
@@ -85,15 +88,34 @@ fn plausible(s: &str) -> bool {
         )
 }
 
-/// Installs the process-wide redactor (once, at start; later calls are ignored).
-pub fn install(r: Redactor) {
-    let _ = GLOBAL.set(r);
+/// Installs the process-wide redactor for `plan` plus `extra` (the API token), at start.
+pub fn install(plan: &crate::plan::Plan, extra: Option<&str>) {
+    let _ = EXTRA.set(extra.map(str::to_string));
+    replace(for_plan(plan, extra));
+}
+
+/// A config reload swapped the plan: its secrets (an added entry's too) are redacted from now on.
+pub fn reinstall(plan: &crate::plan::Plan) {
+    let extra = EXTRA.get().cloned().flatten();
+    replace(for_plan(plan, extra.as_deref()));
+}
+
+fn replace(r: Redactor) {
+    *GLOBAL.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(r));
 }
 
 /// The process-wide redactor (empty until `install`).
-pub fn global() -> &'static Redactor {
-    static EMPTY: Redactor = Redactor { ac: None };
-    GLOBAL.get().unwrap_or(&EMPTY)
+pub fn global() -> Arc<Redactor> {
+    static EMPTY: OnceLock<Arc<Redactor>> = OnceLock::new();
+    GLOBAL
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or_else(|| {
+            EMPTY
+                .get_or_init(|| Arc::new(Redactor { ac: None }))
+                .clone()
+        })
 }
 
 /// Does a variable name look like it holds a secret? (`KEY_FILE`, `TOKEN_PATH`, … name where a

@@ -328,6 +328,7 @@ impl Supervisor {
             }
         }
         self.cache.reindex(&plan, &p.diff.changed);
+        crate::redact::reinstall(&plan);
         self.shared.publish(View {
             plan: plan.clone(),
             logs: self.logs.clone(),

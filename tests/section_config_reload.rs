@@ -461,3 +461,24 @@ after = ["postgres"]
     assert_ne!(pid(&s, "app"), app);
     assert!(!s.stderr_text().contains("postgres: stopped"));
 }
+
+/// An entry a reload adds has its secrets redacted like the entries the stack started with:
+/// in the supervisor's stdout, the log API and status.
+#[test]
+fn an_added_entrys_secret_is_redacted_everywhere() {
+    let s = Sup::start("[process.a]\ncommand = [\"sleep\", \"1000\"]\n");
+    s.wait_state("a", "ready", T);
+    edit(
+        &s,
+        "",
+        "[process.a]\ncommand = [\"sleep\", \"1000\"]\n[process.b]\ncommand = [\"sh\", \"-c\", \"echo pw=$DB_PASSWORD; exec sleep 1000\"]\nenv = { DB_PASSWORD = \"hunter2-added\" }\n",
+    );
+    let (code, out, err) = reload(&s);
+    assert_eq!(code, 0, "{out}{err}");
+    s.wait_stdout(&["b | pw=<redacted>"], T);
+    assert!(!s.stdout_text().contains("hunter2-added"));
+    let (_, logs) = s.get("/_supervisor/logs/b");
+    assert!(logs.contains("pw=<redacted>"), "{logs}");
+    assert!(!logs.contains("hunter2-added"), "{logs}");
+    assert!(!s.status().to_string().contains("hunter2-added"));
+}
