@@ -1,9 +1,9 @@
 //! The control plane over HTTP: a TCP listener (read-only unless a bearer token is set) and a
 //! Unix socket (mode 0600, trusted: mutations allowed) serving the same routes.
 
+use crate::control::{Action, Control, Refused, Shared, SnapOp};
 use crate::redact::{scrub, secret_values};
 use crate::status::{EntryStatus, Status};
-use crate::supervisor::{Action, Control, Refused, Shared};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming};
@@ -224,9 +224,9 @@ impl Api {
                     return self.forbidden();
                 }
                 let op = if *op == "save" {
-                    crate::supervisor::SnapOp::Save
+                    SnapOp::Save
                 } else {
-                    crate::supervisor::SnapOp::Restore
+                    SnapOp::Restore
                 };
                 let name = name.to_string();
                 match self

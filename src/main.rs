@@ -8,6 +8,7 @@ mod api;
 mod cache;
 mod cli;
 mod config;
+mod control;
 mod export;
 mod graph;
 mod interp;
@@ -17,7 +18,6 @@ mod logview;
 mod notify;
 mod pid1;
 mod plan;
-mod preset;
 mod probe;
 mod process;
 mod progress;
@@ -220,7 +220,7 @@ enum SnapshotOp {
 fn main() {
     // The init shim runs before any parsing, so PID 1 touches as little memory as possible;
     // the supervisor child parses (and reports usage errors, exit 2, passed through).
-    if std::env::var_os(pid1::ROLE_ENV).is_none() && wants_up() {
+    if std::env::var_os(process::ROLE_ENV).is_none() && wants_up() {
         pid1::run_shim();
     }
     let cli = Cli::parse();
@@ -314,11 +314,11 @@ fn check_expand(config: &std::path::Path) -> i32 {
         return c;
     }
     let src = std::fs::read_to_string(config).unwrap_or_default();
-    if !preset::uses_presets(&src) {
+    if !config::preset::uses_presets(&src) {
         print!("{src}");
         return 0;
     }
-    match preset::expand(config, &src) {
+    match config::preset::expand(config, &src) {
         Ok(x) => {
             println!("# {} with its presets expanded", config.display());
             print!("{}", x.text);

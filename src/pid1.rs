@@ -25,8 +25,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Env var marking the child as the supervisor proper.
-pub const ROLE_ENV: &str = "DMP_CONTAINED_ROLE";
+use crate::process::ROLE_ENV;
 
 /// Env var naming the supervisor's stop-plan file (see `StopPlan`).
 pub const STOP_PLAN_ENV: &str = "DMP_CONTAINED_STOP_PLAN";
@@ -69,7 +68,7 @@ pub fn run_shim() -> ! {
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
-            reset_signals();
+            crate::process::reset_signals();
             // If the shim is killed, the supervisor stops the stack instead of running headless.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
             Ok(())
@@ -325,20 +324,4 @@ pub fn children_of(ppid: i32) -> Vec<i32> {
                 == Some(ppid)
         })
         .collect()
-}
-
-/// Default dispositions and an empty mask: called between fork and exec of every child,
-/// since ignored signals and the blocked mask survive exec.
-pub fn reset_signals() {
-    // SAFETY: async-signal-safe libc calls only.
-    unsafe {
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    }
 }

@@ -41,13 +41,6 @@ pub struct Dep {
 }
 
 impl Dep {
-    /// Is this edge satisfied while the dependency is in `s`?
-    pub fn satisfied_by(&self, s: crate::state::State) -> bool {
-        s.satisfies(self.cond)
-            || (self.optional
-                && matches!(s, crate::state::State::Skipped | crate::state::State::Off))
-    }
-
     /// `name:cond`, with `?` when optional.
     pub fn label(&self) -> String {
         let q = if self.optional { "?" } else { "" };
@@ -268,6 +261,36 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Entries reloaded after `idx` reloads successfully: the longruns after a oneshot, and every
+    /// entry naming `idx` in `restart_with`.
+    /// Transitive: what follows a target follows too (all of them reload together).
+    pub fn cascade_targets(&self, idx: usize) -> Vec<usize> {
+        let plan = self;
+        let direct = |x: usize| {
+            let mut v: Vec<usize> = Vec::new();
+            if plan.entries[x].kind == Kind::Oneshot {
+                v.extend(
+                    plan.dependents(x)
+                        .filter(|&d| plan.entries[d].kind == Kind::Longrun),
+                );
+            }
+            v.extend(
+                (0..plan.entries.len()).filter(|&i| plan.entries[i].restart_with.contains(&x)),
+            );
+            v
+        };
+        let mut out: Vec<usize> = Vec::new();
+        let mut stack = direct(idx);
+        while let Some(t) = stack.pop() {
+            if t != idx && !out.contains(&t) {
+                out.push(t);
+                stack.extend(direct(t));
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
     pub fn index(&self, name: &str) -> Option<usize> {
         self.entries
             .iter()

@@ -13,6 +13,7 @@ use crate::plan::Entry;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
@@ -124,7 +125,7 @@ pub fn spawn(
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                crate::pid1::reset_signals();
+                reset_signals();
                 if libc::setgroups(1, &gid) != 0 && libc::getuid() == 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -136,7 +137,7 @@ pub fn spawn(
         // SAFETY: as above.
         unsafe {
             cmd.pre_exec(|| {
-                crate::pid1::reset_signals();
+                reset_signals();
                 Ok(())
             });
         }
@@ -179,8 +180,7 @@ fn socket_exec(
         .map(|(_, v)| v.as_str())
         .unwrap_or_default();
     let not_found = || std::io::Error::from(std::io::ErrorKind::NotFound);
-    let path = crate::config::find_executable(&entry.command[0], &entry.cwd, path_var)
-        .ok_or_else(not_found)?;
+    let path = find_executable(&entry.command[0], &entry.cwd, path_var).ok_or_else(not_found)?;
     let mut ours = crate::sockets::env(entry, fds.len());
     ours.extend(extra.iter().cloned());
     let mut env: Vec<(String, String)> = entry
@@ -363,9 +363,8 @@ pub fn kill_members(marker: &str, pgid: Option<u32>) {
 /// host's init: its unmarked children are not ours).
 pub fn shim_pid() -> Option<i32> {
     static SHIM: std::sync::OnceLock<Option<i32>> = std::sync::OnceLock::new();
-    let shim = *SHIM.get_or_init(|| {
-        std::env::var_os(crate::pid1::ROLE_ENV).map(|_| nix::unistd::getppid().as_raw())
-    });
+    let shim =
+        *SHIM.get_or_init(|| std::env::var_os(ROLE_ENV).map(|_| nix::unistd::getppid().as_raw()));
     shim.filter(|&p| p == nix::unistd::getppid().as_raw() && p != 0)
 }
 
@@ -385,4 +384,42 @@ pub fn escaped(marker: &str, pgid: u32) -> Vec<i32> {
         .filter(|p| p.marker.as_deref() == Some(marker) && p.pgrp != pgid as i32)
         .map(|p| p.pid)
         .collect()
+}
+
+/// Env var that marks the supervisor as started by the init shim (its role).
+pub const ROLE_ENV: &str = "DMP_CONTAINED_ROLE";
+
+/// Default dispositions and an empty mask: called between fork and exec of every child,
+/// since ignored signals and the blocked mask survive exec.
+pub fn reset_signals() {
+    // SAFETY: async-signal-safe libc calls only.
+    unsafe {
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// `cmd` as the child would find it: a path (relative to `cwd`) or a name on `path_var`.
+pub fn find_executable(cmd: &str, cwd: &Path, path_var: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if cmd.contains('/') {
+        let p = cwd.join(cmd);
+        return is_exec(&p).then_some(p);
+    }
+    path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(cmd))
+        .find(|p| is_exec(p))
 }

@@ -225,7 +225,7 @@ pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
 /// sends `ConfigReload` once writes to the table have been quiet for `WATCH_DEBOUNCE`.
 pub fn watch_table(
     file: PathBuf,
-    control: tokio::sync::mpsc::Sender<crate::supervisor::Control>,
+    control: tokio::sync::mpsc::Sender<crate::control::Control>,
 ) -> Result<tokio::task::AbortHandle, String> {
     use notify::Watcher;
     let file = std::fs::canonicalize(&file).unwrap_or(file);
@@ -252,7 +252,7 @@ pub fn watch_table(
             tracing::info!("{}: saved; reloading", file.display());
             let (reply, answer) = tokio::sync::oneshot::channel();
             let trigger = Trigger::Watch;
-            let msg = crate::supervisor::Control::ConfigReload { trigger, reply };
+            let msg = crate::control::Control::ConfigReload { trigger, reply };
             if control.send(msg).await.is_err() {
                 return;
             }

@@ -184,6 +184,14 @@ pub fn backoff(policy: &Restart, streak: u32) -> Duration {
         .min(policy.backoff_max)
 }
 
+// Inherent to `Dep` (src/plan.rs) but written here: the plan holds no lifecycle states.
+impl crate::plan::Dep {
+    /// Is this edge satisfied while the dependency is in `s`?
+    pub fn satisfied_by(&self, s: State) -> bool {
+        s.satisfies(self.cond) || (self.optional && matches!(s, State::Skipped | State::Off))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

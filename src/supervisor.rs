@@ -2,6 +2,7 @@
 //! from the API come in over channels; decisions go out as runner commands. No tick: it
 //! wakes only on an event, a command, a signal or a named timer (backoff).
 
+use crate::control::{Action, Control, Refused, Shared, View};
 use crate::logs::{EntryLog, Output};
 use crate::plan::{Entry, Kind, Plan};
 use crate::process::ExitInfo;
@@ -19,161 +20,6 @@ mod cache_hooks;
 mod progress_hooks;
 #[path = "supervisor_reload.rs"]
 mod reload_hooks;
-pub use cache_hooks::SnapOp;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Start,
-    Stop,
-    Restart,
-    Run,
-    /// Hot reload: hold changes until `Resume` (src/watch.rs).
-    Pause,
-    Resume,
-}
-
-impl std::str::FromStr for Action {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "start" => Action::Start,
-            "stop" => Action::Stop,
-            "restart" => Action::Restart,
-            "run" => Action::Run,
-            "pause" => Action::Pause,
-            "resume" => Action::Resume,
-            _ => {
-                return Err(format!(
-                    "unknown action `{s}` (start, stop, restart, run, pause, resume)"
-                ))
-            }
-        })
-    }
-}
-
-/// Why a mutation did not succeed (src/api.rs maps each variant to its HTTP status).
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum Refused {
-    #[error("unknown entry `{name}` (known: {known})")]
-    UnknownEntry { name: String, known: String },
-    /// A oneshot run by request failed; `exit_code` is its own code (for `run`'s exit status).
-    #[error("{message}")]
-    Failed {
-        message: String,
-        exit_code: Option<i32>,
-    },
-    /// Not possible in the entry's or the supervisor's present state.
-    #[error("{0}")]
-    Conflict(String),
-}
-
-impl From<String> for Refused {
-    fn from(message: String) -> Refused {
-        Refused::Conflict(message)
-    }
-}
-
-impl From<&str> for Refused {
-    fn from(message: &str) -> Refused {
-        Refused::Conflict(message.into())
-    }
-}
-
-/// Requests to the control loop (from the API / CLI).
-pub enum Control {
-    Act {
-        action: Action,
-        name: String,
-        reply: oneshot::Sender<Result<String, Refused>>,
-    },
-    Shutdown(oneshot::Sender<()>),
-    /// Hot reload (src/watch.rs): restart the entry (re-run a oneshot) because `files` files
-    /// changed; reply once it is ready/done, or with why not (backoff, failed, refused).
-    Reload {
-        idx: usize,
-        files: usize,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// Reply once entry `idx` is ready/done (Ok) or has settled elsewhere (Err with why); at
-    /// once when it is not on its way to ready (src/unavailable.rs holds requests with it).
-    AwaitSettled {
-        idx: usize,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// Config reload (src/reload.rs): Ok with the report once applied and settled; Err with
-    /// the report when the table is invalid (nothing changed) or an entry it started failed.
-    ConfigReload {
-        trigger: crate::reload::Trigger,
-        reply: oneshot::Sender<Result<crate::reload::Report, crate::reload::Report>>,
-    },
-    /// `snapshot save|restore NAME`.
-    Snapshot {
-        op: SnapOp,
-        name: String,
-        reply: oneshot::Sender<Result<String, String>>,
-    },
-}
-
-/// What the API may read without going through the loop.
-pub struct Shared {
-    /// Swapped as a whole by a config reload (src/reload.rs); readers take a snapshot.
-    view: std::sync::RwLock<Arc<View>>,
-    pub control: mpsc::Sender<Control>,
-    /// State changes as they happen (src/progress.rs; `GET /_supervisor/events`).
-    pub events: tokio::sync::broadcast::Sender<crate::progress::Event>,
-    /// The latest status, published by the loop after every step (src/status.rs).
-    pub status: tokio::sync::watch::Receiver<Arc<Status>>,
-    /// The supervisor's stdout queue (its counters are read into status).
-    pub out: Arc<Output>,
-}
-
-/// The plan and the per-entry objects indexed like its entries (indices never change: a
-/// reload appends entries and tombstones removed ones, src/reload.rs).
-pub struct View {
-    pub plan: Arc<Plan>,
-    pub logs: Vec<Arc<EntryLog>>,
-    /// Per-entry hot-reload status and pause switch (src/watch.rs).
-    pub watch: Vec<Arc<crate::watch::WatchState>>,
-}
-
-impl Shared {
-    pub fn view(&self) -> Arc<View> {
-        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn plan(&self) -> Arc<Plan> {
-        self.view().plan.clone()
-    }
-
-    pub fn log(&self, name: &str) -> Option<Arc<EntryLog>> {
-        let v = self.view();
-        v.plan.index(name).map(|i| v.logs[i].clone())
-    }
-
-    pub fn entry_log(&self, i: usize) -> Arc<EntryLog> {
-        self.view().logs[i].clone()
-    }
-
-    pub fn watch(&self, i: usize) -> Arc<crate::watch::WatchState> {
-        self.view().watch[i].clone()
-    }
-
-    fn publish(&self, v: View) {
-        *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
-    }
-
-    /// The latest status with its live fields filled in (not yet scrubbed of secrets).
-    pub fn status(&self) -> Status {
-        let mut st = Status::clone(&self.status.borrow());
-        let view = self.view();
-        st.refresh(
-            &view.logs,
-            |i| view.watch.get(i).and_then(|w| w.status()),
-            self.out.stats(),
-        );
-        st
-    }
-}
 
 /// Runtime facts of one entry, owned by the loop.
 #[derive(Default)]
@@ -228,7 +74,7 @@ pub struct Supervisor {
     started: Instant,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     stop_requested_at: Option<Instant>,
-    watch: Vec<Arc<crate::watch::WatchState>>,
+    watch: Vec<Arc<crate::status::WatchState>>,
     cache: cache_hooks::CacheCtl,
     /// The init shim's stop plan file (`DMP_CONTAINED_STOP_PLAN`) and what it holds.
     stop_plan: Option<std::path::PathBuf>,
@@ -277,7 +123,7 @@ impl Supervisor {
             .collect();
         let n = plan.entries.len();
         let started = Instant::now();
-        let watch = crate::watch::WatchState::for_plan(&plan);
+        let watch = crate::status::WatchState::for_plan(&plan);
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let (status_tx, status_rx) = tokio::sync::watch::channel(Arc::new(Status {
             event_seq: 0,
@@ -294,17 +140,18 @@ impl Supervisor {
             entries: Vec::new(),
             config_reload: None,
         }));
-        let shared = Arc::new(Shared {
-            view: std::sync::RwLock::new(Arc::new(View {
-                plan: plan.clone(),
-                logs: logs.clone(),
-                watch: watch.clone(),
-            })),
-            control: ctl_tx,
-            events: events.clone(),
-            status: status_rx,
-            out: out.clone(),
-        });
+        let view = View {
+            plan: plan.clone(),
+            logs: logs.clone(),
+            watch: watch.clone(),
+        };
+        let shared = Arc::new(Shared::new(
+            view,
+            ctl_tx,
+            events.clone(),
+            status_rx,
+            out.clone(),
+        ));
         let rt = plan
             .entries
             .iter()
@@ -400,7 +247,7 @@ impl Supervisor {
     /// `restart_with` applies to every restart: after `i` restarted by itself (a crash), the
     /// entries naming it restart too, as after a reload of it.
     fn restart_followers(&mut self, i: usize) {
-        for t in crate::watch::cascade_targets(&self.plan, i) {
+        for t in self.plan.cascade_targets(i) {
             tracing::info!(
                 "{}: restarting with `{}` (it restarted after exiting)",
                 self.entry(t).name,

@@ -5,6 +5,7 @@
 
 use super::{state_name, Internal, Supervisor};
 use crate::cache;
+use crate::control::SnapOp;
 use crate::plan::Kind;
 use crate::state::State;
 use std::collections::HashMap;
@@ -35,11 +36,6 @@ pub enum Msg {
     CopyDone(Result<String, String>),
     /// A cron timer fired.
     Cron { idx: usize },
-}
-
-pub enum SnapOp {
-    Save,
-    Restore,
 }
 
 enum Op {

@@ -12,7 +12,8 @@
 //!    what is waiting in dependency order, as at start-up. The reload settles (and its reply is
 //!    sent) when every entry it started is ready/done, or failed.
 
-use super::{Rt, Supervisor, View};
+use super::{Rt, Supervisor};
+use crate::control::View;
 use crate::plan::{Kind, Plan};
 use crate::reload::{Diff, Loader, Outcome, Report, TemplateAction, Trigger};
 use crate::state::{RestartHistory, State};
@@ -319,7 +320,7 @@ impl Supervisor {
                 let _ = w.send(Err("removed by a config reload".into()));
             }
         }
-        let fresh = crate::watch::WatchState::for_plan(&plan);
+        let fresh = crate::status::WatchState::for_plan(&plan);
         for (i, w) in fresh.into_iter().enumerate() {
             if i >= self.watch.len() {
                 self.watch.push(w);
@@ -329,7 +330,7 @@ impl Supervisor {
         }
         self.cache.reindex(&plan, &p.diff.changed);
         crate::redact::reinstall(&plan);
-        self.shared.publish(View {
+        self.shared.replace_view(View {
             plan: plan.clone(),
             logs: self.logs.clone(),
             watch: self.watch.clone(),

@@ -11,9 +11,9 @@
 //!   shows the example app's "clone it" page.
 
 use crate::api::{Api, Resp};
+use crate::control::Control;
 use crate::state::State;
 use crate::status::EntryStatus;
-use crate::supervisor::Control;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};

@@ -8,15 +8,15 @@
 //! owns lifecycle state and replies once the entry is ready again (or why not).
 //! See docs/WATCH.md.
 
-use crate::plan::{Entry, Kind, Plan, Watch, WatchMode};
-use crate::status::{CascadeRecord, TrainRecord, WatchStatus};
-use crate::supervisor::{Control, Shared};
+use crate::control::{Control, Shared};
+use crate::plan::{Entry, Kind, Watch, WatchMode};
+use crate::status::{CascadeRecord, TrainRecord, WatchState};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -38,8 +38,6 @@ pub const DEFAULT_IGNORES: &[&str] = &[
     "*.log",
 ];
 
-/// Trains kept in status per entry.
-const KEEP_TRAINS: usize = 10;
 /// Files named per train in status.
 const KEEP_FILES: usize = 10;
 /// Log lines attached to a failed train.
@@ -291,140 +289,6 @@ impl Ignores {
             }
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Shared status of one entry (written by its watcher task, read by the control loop).
-
-#[derive(Debug, Default)]
-struct Info {
-    /// `native`, `poll`, or `error` once the watcher is set up; None before.
-    mode: Option<&'static str>,
-    /// Why `auto` ended up polling, or why watching failed.
-    note: Option<String>,
-    pending: usize,
-    reloading: bool,
-    reloads: u64,
-    /// Why this entry still runs older code (its step failed).
-    held: Option<String>,
-    trains: VecDeque<TrainRecord>,
-}
-
-/// Per-entry watch status and the pause switch. Exists for every entry; shown in status for
-/// watched entries and for entries reloaded by a cascade.
-pub struct WatchState {
-    watched: bool,
-    cascaded: bool,
-    paused: watch::Sender<bool>,
-    info: Mutex<Info>,
-    /// Reload-loop detection (src/watch_actions.rs).
-    guard: Mutex<crate::watch_actions::LoopGuard>,
-}
-
-impl WatchState {
-    pub fn for_plan(plan: &Plan) -> Vec<Arc<WatchState>> {
-        let targets: HashSet<usize> = (0..plan.entries.len())
-            .filter(|&i| plan.entries[i].watch.is_some())
-            .flat_map(|i| cascade_targets(plan, i))
-            .collect();
-        plan.entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                Arc::new(WatchState {
-                    watched: e.watch.is_some() && !e.removed,
-                    cascaded: targets.contains(&i),
-                    paused: watch::channel(false).0,
-                    info: Mutex::new(Info::default()),
-                    guard: Mutex::default(),
-                })
-            })
-            .collect()
-    }
-
-    pub fn watched(&self) -> bool {
-        self.watched
-    }
-
-    fn guard(&self) -> std::sync::MutexGuard<'_, crate::watch_actions::LoopGuard> {
-        self.guard.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn info(&self) -> std::sync::MutexGuard<'_, Info> {
-        self.info.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// `pause`/`resume` from the API. Err when the entry is not watched.
-    pub fn set_paused(&self, paused: bool, name: &str) -> Result<String, String> {
-        if !self.watched {
-            return Err(format!("`{name}` has no [watch] table"));
-        }
-        let was = self.paused.send_replace(paused);
-        Ok(match (was, paused) {
-            (false, true) => format!("watching {name} paused; changes will wait for resume"),
-            (true, false) => format!("watching {name} resumed"),
-            (_, true) => format!("watching {name} is already paused"),
-            (_, false) => format!("watching {name} is not paused"),
-        })
-    }
-
-    fn record(&self, t: TrainRecord) {
-        let mut i = self.info();
-        i.reloads += 1;
-        if t.outcome != "failed" {
-            i.held = None;
-        }
-        i.trains.push_back(t);
-        while i.trains.len() > KEEP_TRAINS {
-            i.trains.pop_front();
-        }
-    }
-
-    /// The `watch` field of the entry's status (None: not watched, not a cascade target).
-    pub fn status(&self) -> Option<WatchStatus> {
-        if !self.watched && !self.cascaded {
-            return None;
-        }
-        let i = self.info();
-        Some(WatchStatus {
-            watched: self.watched,
-            mode: i.mode.map(String::from),
-            note: i.note.clone(),
-            paused: *self.paused.borrow(),
-            pending: i.pending,
-            reloading: i.reloading,
-            reloads: i.reloads,
-            held: i.held.clone(),
-            trains: i.trains.iter().cloned().collect(),
-        })
-    }
-}
-
-/// Entries reloaded after `idx` reloads successfully: the longruns after a oneshot, and every
-/// entry naming `idx` in `restart_with`.
-/// Transitive: what follows a target follows too (all of them reload together).
-pub fn cascade_targets(plan: &Plan, idx: usize) -> Vec<usize> {
-    let direct = |x: usize| {
-        let mut v: Vec<usize> = Vec::new();
-        if plan.entries[x].kind == Kind::Oneshot {
-            v.extend(
-                plan.dependents(x)
-                    .filter(|&d| plan.entries[d].kind == Kind::Longrun),
-            );
-        }
-        v.extend((0..plan.entries.len()).filter(|&i| plan.entries[i].restart_with.contains(&x)));
-        v
-    };
-    let mut out: Vec<usize> = Vec::new();
-    let mut stack = direct(idx);
-    while let Some(t) = stack.pop() {
-        if t != idx && !out.contains(&t) {
-            out.push(t);
-            stack.extend(direct(t));
-        }
-    }
-    out.sort_unstable();
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -728,7 +592,7 @@ async fn run(shared: Arc<Shared>, idx: usize, w: Watch) {
     drive(
         Trains::new(w.debounce),
         rx,
-        state.paused.subscribe(),
+        state.subscribe_paused(),
         move |files| reload_train(sh.clone(), idx, files),
         move |t| {
             let mut i = st.info();
@@ -932,7 +796,7 @@ async fn reload_train(shared: Arc<Shared>, idx: usize, files: Vec<String>) {
         return;
     }
     let mut rec = reload_one(&shared, idx, shown.clone(), count, None).await;
-    let targets = cascade_targets(&shared.plan(), idx);
+    let targets = shared.plan().cascade_targets(idx);
     if rec.outcome == "failed" {
         let why = format!(
             "not reloaded: `{}` failed ({}); still running the previous code",
@@ -991,7 +855,7 @@ fn reload_loop(shared: &Shared, idx: usize, files: &[String]) -> Option<TrainRec
         e.name
     );
     tracing::error!("{}: {why}", e.name);
-    state.paused.send_replace(true);
+    state.pause();
     *state.guard() = Default::default();
     Some(TrainRecord {
         at: crate::logs::now_ms(),
@@ -1045,7 +909,7 @@ async fn other_actions(shared: &Arc<Shared>, idx: usize, files: &[String]) -> Op
             WatchAction::Exec(argv) => crate::watch_actions::exec(e, argv).await,
             WatchAction::Signal(sig) => crate::watch_actions::signal(e, *sig),
             WatchAction::Restart => {
-                restart = !acts.iter().any(|a| matches!(a, WatchAction::Run(s, _) if cascade_targets(&shared.plan(), *s).contains(&idx)));
+                restart = !acts.iter().any(|a| matches!(a, WatchAction::Run(s, _) if shared.plan().cascade_targets(*s).contains(&idx)));
                 Ok(())
             }
             WatchAction::None => Ok(()),

@@ -94,7 +94,9 @@ pub(super) fn executables(entries: &[Entry], decls: &[Decl], errs: &mut Errors) 
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        if !waits_for_step && super::find_executable(&e.command[0], &e.cwd, &path_var).is_none() {
+        if !waits_for_step
+            && crate::process::find_executable(&e.command[0], &e.cwd, &path_var).is_none()
+        {
             let msg = format!(
                 "`{}`: executable `{}` not found (cwd {}, PATH {})",
                 e.name,

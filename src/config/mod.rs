@@ -16,6 +16,7 @@ mod errors;
 #[cfg(test)]
 mod fuzz;
 mod os;
+pub mod preset;
 mod probe;
 mod raw;
 mod settings;
@@ -34,7 +35,6 @@ use std::time::Duration;
 use entry::parse_signal;
 pub(crate) use errors::{key_offset, truncate_msg};
 pub use errors::{ConfigError, ConfigErrors};
-pub use os::find_executable;
 
 /// What every section reads: the table's directory, the interpolation variables and the
 /// active profiles.
@@ -63,12 +63,12 @@ pub fn parse(
     src: &str,
     environ: &BTreeMap<String, String>,
 ) -> Result<Plan, ConfigErrors> {
-    if !crate::preset::uses_presets(src) {
+    if !preset::uses_presets(src) {
         return parse_plain(path, src, environ);
     }
     // Preset errors and the expanded entries' own errors are reported together; when an
     // entry's chain is broken (so it is missing), only the preset errors are.
-    let (x, mut list, complete) = crate::preset::expand_all(path, src);
+    let (x, mut list, complete) = preset::expand_all(path, src);
     let plain = parse_plain(path, &x.text, environ);
     match plain {
         Ok(plan) if list.is_empty() => return Ok(plan),

@@ -104,7 +104,7 @@ pub(super) fn settle(e: &mut Entry, p: Pending, at: &KeyPath, b: &BaseEnv, errs:
     }
     declared.extend(p.env);
     let mut env = b.environ.clone();
-    env.remove(crate::pid1::ROLE_ENV);
+    env.remove(crate::process::ROLE_ENV);
     // The control token is the supervisor's alone: services never see it.
     env.remove(b.token_env);
     env.remove("DMP_CONTAINED_TOKEN_FILE");
@@ -218,24 +218,6 @@ pub(super) fn templates(templates: &[(usize, Template)], errs: &mut Errors) {
             );
         }
     }
-}
-
-pub fn find_executable(cmd: &str, cwd: &Path, path_var: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let is_exec = |p: &Path| {
-        p.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
-    if cmd.contains('/') {
-        let p = resolve(cwd, cmd);
-        return is_exec(&p).then_some(p);
-    }
-    path_var
-        .split(':')
-        .filter(|d| !d.is_empty())
-        .map(|d| Path::new(d).join(cmd))
-        .find(|p| is_exec(p))
 }
 
 /// The directory relative paths in the table start from (canonical when it exists).

@@ -8,6 +8,9 @@
 //! other owners and are filled in at read time by `Status::refresh`.
 //! This module may not touch lifecycle state; it only describes it.
 
+mod watch;
+pub use watch::WatchState;
+
 use crate::plan::Kind;
 use crate::process::ExitInfo;
 use crate::progress::Link;

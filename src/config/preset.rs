@@ -12,7 +12,7 @@
 
 mod entry;
 
-use crate::config::{ConfigError, ConfigErrors};
+use super::{ConfigError, ConfigErrors};
 use entry::{expand_entry, push};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -76,7 +76,7 @@ impl Ctx<'_> {
             file: self.file.to_path_buf(),
             line,
             col,
-            msg: crate::config::truncate_msg(msg.into()),
+            msg: super::truncate_msg(msg.into()),
         });
     }
 
@@ -88,7 +88,7 @@ impl Ctx<'_> {
     /// Offset of `key` (or of `inner` below it) in the table `t`; its header otherwise.
     fn key_at(&self, t: &Located, key: &str, inner: Option<&str>) -> usize {
         let [a, b] = &t.path;
-        let find = |keys: &[&str]| crate::config::key_offset(&self.doc, keys);
+        let find = |keys: &[&str]| super::key_offset(&self.doc, keys);
         inner
             .and_then(|i| find(&[a, b, key, i]))
             .or_else(|| find(&[a, b, key]))

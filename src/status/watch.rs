@@ -1,0 +1,124 @@
+//! The live watch state of each entry: written by its watcher task (src/watch.rs), read by
+//! `Status::refresh` and switched by `pause`/`resume`. It owns no lifecycle state.
+
+use super::{TrainRecord, WatchStatus};
+use crate::plan::Plan;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+/// Trains kept in status per entry.
+const KEEP_TRAINS: usize = 10;
+
+#[derive(Debug, Default)]
+pub struct Info {
+    /// `native`, `poll`, or `error` once the watcher is set up; None before.
+    pub mode: Option<&'static str>,
+    /// Why `auto` ended up polling, or why watching failed.
+    pub note: Option<String>,
+    pub pending: usize,
+    pub reloading: bool,
+    pub reloads: u64,
+    /// Why this entry still runs older code (its step failed).
+    pub held: Option<String>,
+    pub trains: VecDeque<TrainRecord>,
+}
+
+/// Per-entry watch status and the pause switch. Exists for every entry; shown in status for
+/// watched entries and for entries reloaded by a cascade.
+pub struct WatchState {
+    watched: bool,
+    cascaded: bool,
+    paused: tokio::sync::watch::Sender<bool>,
+    info: Mutex<Info>,
+    /// Reload-loop detection (src/watch_actions.rs).
+    guard: Mutex<crate::watch_actions::LoopGuard>,
+}
+
+impl WatchState {
+    pub fn for_plan(plan: &Plan) -> Vec<Arc<WatchState>> {
+        let targets: HashSet<usize> = (0..plan.entries.len())
+            .filter(|&i| plan.entries[i].watch.is_some())
+            .flat_map(|i| plan.cascade_targets(i))
+            .collect();
+        plan.entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                Arc::new(WatchState {
+                    watched: e.watch.is_some() && !e.removed,
+                    cascaded: targets.contains(&i),
+                    paused: tokio::sync::watch::channel(false).0,
+                    info: Mutex::new(Info::default()),
+                    guard: Mutex::default(),
+                })
+            })
+            .collect()
+    }
+
+    /// Follows the pause switch (the watcher's train driver).
+    pub fn subscribe_paused(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.paused.subscribe()
+    }
+
+    /// Pauses without a reply (a reload loop was detected).
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    pub fn watched(&self) -> bool {
+        self.watched
+    }
+
+    pub fn guard(&self) -> std::sync::MutexGuard<'_, crate::watch_actions::LoopGuard> {
+        self.guard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn info(&self) -> std::sync::MutexGuard<'_, Info> {
+        self.info.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `pause`/`resume` from the API. Err when the entry is not watched.
+    pub fn set_paused(&self, paused: bool, name: &str) -> Result<String, String> {
+        if !self.watched {
+            return Err(format!("`{name}` has no [watch] table"));
+        }
+        let was = self.paused.send_replace(paused);
+        Ok(match (was, paused) {
+            (false, true) => format!("watching {name} paused; changes will wait for resume"),
+            (true, false) => format!("watching {name} resumed"),
+            (_, true) => format!("watching {name} is already paused"),
+            (_, false) => format!("watching {name} is not paused"),
+        })
+    }
+
+    pub fn record(&self, t: TrainRecord) {
+        let mut i = self.info();
+        i.reloads += 1;
+        if t.outcome != "failed" {
+            i.held = None;
+        }
+        i.trains.push_back(t);
+        while i.trains.len() > KEEP_TRAINS {
+            i.trains.pop_front();
+        }
+    }
+
+    /// The `watch` field of the entry's status (None: not watched, not a cascade target).
+    pub fn status(&self) -> Option<WatchStatus> {
+        if !self.watched && !self.cascaded {
+            return None;
+        }
+        let i = self.info();
+        Some(WatchStatus {
+            watched: self.watched,
+            mode: i.mode.map(String::from),
+            note: i.note.clone(),
+            paused: *self.paused.borrow(),
+            pending: i.pending,
+            reloading: i.reloading,
+            reloads: i.reloads,
+            held: i.held.clone(),
+            trains: i.trains.iter().cloned().collect(),
+        })
+    }
+}
