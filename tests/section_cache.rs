@@ -552,3 +552,57 @@ fn supervisor_child(shim: u32) -> i32 {
     }
     panic!("no supervisor child of shim {shim}");
 }
+
+/// A snapshot holds its services and their dependents stopped; a user's `stop` that arrives
+/// during the hold outlasts it (the hold is its own flag, not the user's), and the hold alone
+/// never keeps an entry down after the copy.
+#[test]
+fn a_users_stop_during_a_snapshot_hold_outlasts_the_hold() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("rows"), "1\n2\n3\n").unwrap();
+    let s = Sup::start(&format!(
+        r#"
+[process.db]
+command = "exec sleep 600"
+data_dir = "{}"
+[process.web]
+command = "trap 'echo web-term; sleep 1.5; exit 0' TERM; echo web-up; while true; do sleep 0.1; done"
+after = ["db"]
+stop_timeout = "10s"
+[process.worker]
+command = "exec sleep 600"
+after = ["db"]
+"#,
+        data.path().display()
+    ));
+    for n in ["db", "web", "worker"] {
+        s.wait_state(n, "ready", Duration::from_secs(10));
+    }
+    s.wait_stdout(&["web | web-up"], Duration::from_secs(10));
+    std::thread::scope(|sc| {
+        let save = sc.spawn(|| s.cli(&["snapshot", "save", "hold1"]));
+        // The hold stops the dependents first; web takes 1.5 s to go.
+        s.wait_state("web", "stopping", Duration::from_secs(10));
+        let o = s.cli(&["stop", "web"]);
+        assert!(o.status.success(), "{}", out(&o));
+        let o = save.join().unwrap();
+        assert!(o.status.success(), "{}", out(&o));
+        assert!(out(&o).contains("snapshot `hold1` saved"), "{}", out(&o));
+    });
+    // The reply comes once the services are back: db and worker (held only) are up again,
+    // web (stopped by the user during the hold) stays stopped.
+    s.wait_state("db", "ready", Duration::from_secs(10));
+    s.wait_state("worker", "ready", Duration::from_secs(10));
+    let web = s.entry("web");
+    assert_eq!(web["state"], "stopped", "{web}");
+    assert_eq!(web["runs"], 1, "{web}");
+    assert!(s
+        .dir
+        .path()
+        .join("cache/named/hold1/db/data/rows")
+        .is_file());
+    // The user's start brings it back.
+    let o = s.cli(&["start", "web"]);
+    assert!(o.status.success(), "{}", out(&o));
+    s.wait_state("web", "ready", Duration::from_secs(10));
+}

@@ -2,7 +2,7 @@
 //! runner, and what an exit means (restart after a backoff, done, failed). Everything here
 //! writes `Rt` and nothing else writes it.
 
-use super::{Internal, Supervisor};
+use super::{facts, Effect, Gate, Internal, Supervisor};
 use crate::control::Refused;
 use crate::plan::Kind;
 use crate::process::ExitInfo;
@@ -72,10 +72,12 @@ impl Supervisor {
             Kind::Oneshot => State::Running,
         };
         self.set(i, to);
-        if self.cache_intercept_start(i) {
-            return;
+        match self.cache.gate_start(&facts!(self), i) {
+            Gate::Open => {
+                let _ = self.runners[i].send(RunnerCmd::Start);
+            }
+            Gate::Deferred(why) => self.rt[i].reason = Some(why),
         }
-        let _ = self.runners[i].send(RunnerCmd::Start);
     }
 
     pub(super) fn stop_entry(&mut self, i: usize, deadline: tokio::time::Instant) {
@@ -199,7 +201,8 @@ impl Supervisor {
         }
         if kind == Kind::Oneshot {
             if success {
-                if self.cache_after_success(i) {
+                if let Gate::Deferred(why) = self.cache.gate_done(&facts!(self), i) {
+                    self.rt[i].reason = Some(why);
                     return;
                 }
                 self.set(i, State::Done);
@@ -276,6 +279,45 @@ impl Supervisor {
     pub(super) fn resolve_waiters(&mut self, i: usize, r: Result<String, Refused>) {
         for w in self.rt[i].waiters.drain(..) {
             let _ = w.send(r.clone());
+        }
+    }
+
+    /// Applies what an owner beside the core asked for (src/supervisor/cache, cron.rs).
+    pub(super) fn apply(&mut self, fx: Vec<Effect>) {
+        for e in fx {
+            match e {
+                Effect::Launch(i) => {
+                    let _ = self.runners[i].send(RunnerCmd::Start);
+                }
+                Effect::Reason(i, why) => self.rt[i].reason = why,
+                Effect::Cached(i) => {
+                    self.rt[i].started_at = None;
+                    self.set(i, State::Cached);
+                    let name = &self.entry(i).name;
+                    self.resolve_waiters(i, Ok(format!("{name} cached")));
+                }
+                Effect::Done(i) => {
+                    self.set(i, State::Done);
+                    let name = &self.entry(i).name;
+                    self.resolve_waiters(i, Ok(format!("{name} done")));
+                }
+                Effect::Hold(i) => self.rt[i].held = true,
+                Effect::Release(i) => {
+                    self.rt[i].held = false;
+                    let down = self.state(i) == State::Stopped && !self.rt[i].user_stopped;
+                    if self.stopping.is_none() && down {
+                        self.set(i, State::Waiting);
+                    }
+                }
+                Effect::Stop(i) => {
+                    let far = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+                    self.stop_entry(i, far);
+                }
+                Effect::Rerun(i) => {
+                    self.cache.force(i);
+                    self.set(i, State::Waiting);
+                }
+            }
         }
     }
 }

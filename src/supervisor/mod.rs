@@ -7,13 +7,14 @@ use crate::logs::{EntryLog, Output};
 use crate::plan::{Entry, Plan};
 use crate::process::ExitInfo;
 use crate::runner::{Event, RunnerCmd};
-use crate::state::{state_name, RestartHistory, State};
+use crate::state::{RestartHistory, State};
 use crate::status::{Overall, Status};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 mod cache;
+mod cron;
 mod lifecycle;
 mod progress;
 mod publish;
@@ -38,7 +39,10 @@ struct Rt {
     history: RestartHistory,
     /// Bumped on every start/stop so stale backoff timers are ignored.
     gen: u64,
+    /// Stopped by the user's `stop`: stays down until a `start`/`restart`.
     user_stopped: bool,
+    /// Held stopped while a data snapshot is copied (src/supervisor/cache/snapshot.rs).
+    held: bool,
     /// An off entry (profiles) started by request.
     turned_on: bool,
     runs: u32,
@@ -55,9 +59,93 @@ struct Rt {
     span: crate::progress::Span,
 }
 
+impl Rt {
+    /// Not to be started by the scheduler: stopped by request or held for a snapshot.
+    fn kept_down(&self) -> bool {
+        self.user_stopped || self.held
+    }
+}
+
 enum Internal {
     BackoffDone { idx: usize, gen: u64 },
     Cache(cache::Msg),
+    Cron { idx: usize },
+}
+
+/// What the owners beside the core (the cache, cron) may read of it: never write.
+pub(super) struct Facts<'a> {
+    plan: &'a Arc<Plan>,
+    rt: &'a [Rt],
+    stopping: bool,
+}
+
+/// Borrows only the fields `Facts` reads, so an owner field can be borrowed mutably beside it.
+macro_rules! facts {
+    ($s:ident) => {
+        $crate::supervisor::Facts {
+            plan: &$s.plan,
+            rt: &$s.rt,
+            stopping: $s.stopping.is_some(),
+        }
+    };
+}
+use facts;
+
+impl Facts<'_> {
+    fn state(&self, i: usize) -> State {
+        self.rt[i].state.unwrap_or(State::Waiting)
+    }
+
+    fn entry(&self, i: usize) -> &Entry {
+        &self.plan.entries[i]
+    }
+
+    fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        self.plan.live()
+    }
+
+    fn gen(&self, i: usize) -> u64 {
+        self.rt[i].gen
+    }
+
+    /// A step running now that depends on one of `services`.
+    fn step_running_against(&self, i: usize, services: &[usize]) -> bool {
+        self.entry(i).kind == crate::plan::Kind::Oneshot
+            && self.state(i) == State::Running
+            && self
+                .entry(i)
+                .after
+                .iter()
+                .any(|d| services.contains(&d.idx))
+    }
+}
+
+/// An owner beside the core at one of its gates: go on, or wait (with the status reason)
+/// until the owner answers with effects.
+pub(super) enum Gate {
+    Open,
+    Deferred(String),
+}
+
+/// What an owner beside the core asks it to do; the core applies them in order
+/// (`Supervisor::apply`), so lifecycle state has one writer.
+pub(super) enum Effect {
+    /// Its process starts now (the entry is already `starting`/`running`).
+    Launch(usize),
+    /// The entry's status reason (None clears it).
+    Reason(usize, Option<String>),
+    /// A step found in the cache: `cached`, not run.
+    Cached(usize),
+    /// A step held `running` for its data snapshot is `done`.
+    Done(usize),
+    /// Held stopped while a snapshot is copied (the user's `stop` is separate).
+    Hold(usize),
+    /// The hold ends: it may start again.
+    Release(usize),
+    /// Stop it (a snapshot's reverse dependency order).
+    Stop(usize),
+    /// A scheduled run: the step runs again, uncached.
+    Rerun(usize),
 }
 
 pub struct Supervisor {
@@ -77,6 +165,7 @@ pub struct Supervisor {
     stop_requested_at: Option<Instant>,
     watch: Vec<Arc<crate::status::WatchState>>,
     cache: cache::CacheCtl,
+    cron: cron::Cron,
     /// The init shim's stop plan file (`DMP_CONTAINED_STOP_PLAN`) and what it holds.
     stop_plan: Option<std::path::PathBuf>,
     stop_plan_written: String,
@@ -166,7 +255,7 @@ impl Supervisor {
                 ..Rt::default()
             })
             .collect();
-        let cache = cache::CacheCtl::new(&plan);
+        let cache = cache::CacheCtl::new(&plan, in_tx.clone());
         let sup = Supervisor {
             plan,
             rt,
@@ -174,7 +263,7 @@ impl Supervisor {
             logs,
             out,
             events: ev_rx,
-            internal_tx: in_tx,
+            internal_tx: in_tx.clone(),
             internal: in_rx,
             control: ctl_rx,
             stopping: None,
@@ -184,6 +273,7 @@ impl Supervisor {
             stop_requested_at: None,
             watch,
             cache,
+            cron: cron::Cron::new(in_tx.clone()),
             stop_plan: std::env::var_os(crate::pid1::STOP_PLAN_ENV).map(Into::into),
             stop_plan_written: String::new(),
             progress: ProgressCtl {
@@ -199,6 +289,11 @@ impl Supervisor {
         };
         sup.publish();
         (sup, shared)
+    }
+
+    /// `--fresh`: ignore cache records and snapshots (they are still written after success).
+    pub fn set_fresh(&mut self, fresh: bool) {
+        self.cache.set_fresh(fresh);
     }
 
     fn state(&self, i: usize) -> State {
@@ -272,7 +367,15 @@ impl Supervisor {
                     self.start(idx);
                 }
             }
-            Internal::Cache(m) => self.on_cache(m),
+            Internal::Cache(m) => {
+                let fx = self.cache.on_msg(&facts!(self), m);
+                self.apply(fx);
+            }
+            Internal::Cron { idx } => {
+                if let Some(fx) = self.cron.fired(&facts!(self), idx) {
+                    self.apply(vec![fx]);
+                }
+            }
         }
     }
 }

@@ -84,7 +84,7 @@ impl Supervisor {
             env,
             log_lines: 0,
             watch: None,
-            cache_key: self.cache_key(i),
+            cache_key: self.cache.key(i),
             log_tail: (s == State::Failed).then(|| {
                 self.logs[i]
                     .tail(20)

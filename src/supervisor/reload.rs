@@ -295,7 +295,7 @@ impl Supervisor {
             rt.restart_after_stop = false;
             rt.restarts += u32::from(longrun && rt.runs > 0);
             rt.gen += 1;
-            if !rt.user_stopped && self.state(i) != State::Waiting {
+            if !rt.kept_down() && self.state(i) != State::Waiting {
                 self.set(i, State::Waiting);
             }
         }
@@ -312,6 +312,7 @@ impl Supervisor {
             let rt = &mut self.rt[i];
             rt.state = Some(State::Stopped);
             rt.user_stopped = false;
+            rt.held = false;
             rt.reason = Some("removed by a config reload".into());
             for w in rt.waiters.drain(..) {
                 let _ = w.send(Err("removed by a config reload".to_string().into()));
@@ -344,11 +345,7 @@ impl Supervisor {
             self.reload.watchers[i] = crate::watch::spawn(&self.shared, i);
         }
         self.watch_table();
-        if self.cache.crons_armed() {
-            for &i in &p.diff.added {
-                self.arm_cron(i);
-            }
-        }
+        self.cron.added(&plan, &p.diff.added);
         p.touched = p
             .diff
             .added
@@ -406,7 +403,7 @@ impl Supervisor {
     /// Has this entry landed where the reload stops waiting for it?
     fn settled(&self, i: usize) -> bool {
         match self.state(i) {
-            State::Waiting => self.blocked(i).is_some() || self.rt[i].user_stopped,
+            State::Waiting => self.blocked(i).is_some() || self.rt[i].kept_down(),
             State::Starting | State::Running | State::Stopping | State::Backoff => false,
             _ => true,
         }

@@ -2,7 +2,7 @@
 //! `pause`/`resume`, hot reloads of one entry, waiting for an entry to settle. Each is answered
 //! with a message or a `Refused` variant.
 
-use super::Supervisor;
+use super::{facts, Supervisor};
 use crate::control::{Action, Control, Refused};
 use crate::plan::Kind;
 use crate::state::{state_name, RestartHistory, State};
@@ -31,7 +31,9 @@ impl Supervisor {
                     let _ = reply.send(Err(why.unwrap_or_else(|| state_name(s))));
                 }
             },
-            Control::Snapshot { op, name, reply } => self.cache_snapshot(op, name, reply),
+            Control::Snapshot { op, name, reply } => {
+                self.cache.request(&facts!(self), op, name, reply)
+            }
             Control::ConfigReload { trigger, reply } => self.config_reload(trigger, reply),
             Control::Act {
                 action,
@@ -84,9 +86,8 @@ impl Supervisor {
                 .map(Some)
                 .map_err(Refused::Conflict),
             Action::Stop => {
+                // Held for a snapshot copy too: the user's stop outlasts the hold.
                 self.rt[i].user_stopped = true;
-                // Held for a snapshot copy: the user's stop outlasts the hold.
-                self.release_from_hold(i);
                 if s.is_active() && s != State::Stopping {
                     self.stop_entry(i, far);
                     Ok(Some(format!("stopping {name}")))
@@ -136,7 +137,7 @@ impl Supervisor {
                         self.set(i, State::Waiting);
                     }
                     if action != Action::Start && kind == Kind::Oneshot {
-                        self.cache_force(i);
+                        self.cache.force(i);
                     }
                     if action != Action::Start {
                         self.rt[i].restarts +=
@@ -171,6 +172,10 @@ impl Supervisor {
             Some("the supervisor is shutting down".to_string())
         } else if self.entry(i).removed || self.is_retiring(i) {
             Some(format!("{name} is being replaced by a config reload"))
+        } else if self.rt[i].held {
+            Some(format!(
+                "{name} is held for a data snapshot; save again when it is back"
+            ))
         } else if self.rt[i].user_stopped {
             Some(format!(
                 "{name} was stopped by request; start it to run the new code"

@@ -2,7 +2,7 @@
 //! `skipped`), failed ones get a fresh start once their dependency is back, and during a
 //! shutdown active entries stop, dependents first. Also: when the loop is finished.
 
-use super::Supervisor;
+use super::{facts, Supervisor};
 use crate::plan::Kind;
 use crate::state::{state_name, RestartHistory, State};
 
@@ -16,7 +16,7 @@ impl Supervisor {
         if self.stopping.is_some() {
             return true;
         }
-        if self.rt.iter().any(|r| r.user_stopped) || self.reload_pending() {
+        if self.rt.iter().any(|r| r.kept_down()) || self.reload_pending() {
             return false;
         }
         // A save can still bring a watched entry (or its dependents) back.
@@ -55,12 +55,15 @@ impl Supervisor {
             }
             return;
         }
-        self.cache_progress();
+        let f = facts!(self);
+        self.cron.progress(&f);
+        let fx = self.cache.progress(&f);
+        self.apply(fx);
         self.retry_failed_for_dependencies();
         loop {
             let mut progressed = false;
             for i in self.live() {
-                if self.state(i) != State::Waiting || self.rt[i].user_stopped || self.is_retiring(i)
+                if self.state(i) != State::Waiting || self.rt[i].kept_down() || self.is_retiring(i)
                 {
                     continue;
                 }
@@ -118,7 +121,7 @@ impl Supervisor {
     /// dependencies are satisfied again.
     pub(super) fn retry_failed_for_dependencies(&mut self) {
         for i in self.live() {
-            if self.state(i) != State::Failed || self.rt[i].user_stopped {
+            if self.state(i) != State::Failed || self.rt[i].kept_down() {
                 continue;
             }
             let Some(dep) = self.rt[i].failed_while_unready.clone() else {
