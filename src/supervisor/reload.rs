@@ -60,6 +60,81 @@ impl ReloadCtl {
             table_watcher: None,
         }
     }
+
+    /// Loads and checks the table again and renders its templates; Ok with the reload to
+    /// run against `plan`, Err with the report when anything is invalid (nothing changed).
+    fn prepare(&self, plan: &Plan, mut report: Report) -> Result<Pending, Report> {
+        let loaded = (self.loader.as_ref().expect("checked"))();
+        let rendered = loaded.as_ref().map_err(Clone::clone).and_then(render_all);
+        let (loaded, rendered) = match (loaded, rendered) {
+            (Ok(l), Ok(r)) => (l, r),
+            (_, Err(errors)) => {
+                tracing::error!(
+                    "config reload: {} is invalid; nothing changed:\n{}",
+                    plan.file.display(),
+                    errors.join("\n")
+                );
+                report.outcome = Outcome::Invalid;
+                report.errors = errors;
+                report.finished_at = Some(crate::logs::now_ms());
+                return Err(report);
+            }
+            (Err(_), Ok(_)) => unreachable!("errors pass through"),
+        };
+        let not_applied = crate::reload::settings_not_applied(plan, &loaded.plan);
+        if !not_applied.is_empty() {
+            report.notes.push(format!(
+                "[supervisor] {} changed: applied at the next start",
+                not_applied.join(", ")
+            ));
+        }
+        let (merged, diff) = crate::reload::merge(plan, loaded.plan);
+        report.added = names(&merged, &diff.added);
+        report.removed = names(&merged, &diff.removed);
+        report.changed = names(&merged, &diff.changed);
+        report.unchanged = names(&merged, &diff.unchanged);
+        tracing::info!(
+            "config reload: added [{}], removed [{}], changed [{}], {} unchanged",
+            report.added.join(", "),
+            report.removed.join(", "),
+            report.changed.join(", "),
+            report.unchanged.len()
+        );
+        let retiring = diff.removed.iter().chain(&diff.changed).copied().collect();
+        let old_deps = plan
+            .entries
+            .iter()
+            .map(|e| e.after.iter().map(|d| d.idx).collect())
+            .collect();
+        Ok(Pending {
+            merged: Some(merged),
+            diff,
+            rendered,
+            retiring,
+            old_deps,
+            touched: Vec::new(),
+            report,
+            replies: Vec::new(),
+        })
+    }
+}
+
+/// Every template of the loaded table rendered (destination, text), or every error.
+fn render_all(l: &crate::reload::Loaded) -> Result<Vec<(std::path::PathBuf, String)>, Vec<String>> {
+    let (ok, errs): (Vec<_>, Vec<_>) = l
+        .plan
+        .templates
+        .iter()
+        .map(|t| {
+            crate::reload::render_template(t, &l.plan.vars, &l.rewriter)
+                .map(|text| (t.dest.clone(), text))
+                .map_err(|e| format!("template {e}"))
+        })
+        .partition(Result::is_ok);
+    match errs.is_empty() {
+        true => Ok(ok.into_iter().map(Result::unwrap).collect()),
+        false => Err(errs.into_iter().map(|e| e.unwrap_err()).collect()),
+    }
 }
 
 fn names(plan: &Plan, idx: &[usize]) -> Vec<String> {
@@ -140,76 +215,16 @@ impl Supervisor {
             let _ = reply.send(Err(report.clone()));
             return;
         }
-        let loaded = (self.reload.loader.as_ref().expect("checked"))();
-        let rendered = loaded.as_ref().map_err(Clone::clone).and_then(|l| {
-            let (ok, errs): (Vec<_>, Vec<_>) = l
-                .plan
-                .templates
-                .iter()
-                .map(|t| {
-                    crate::reload::render_template(t, &l.plan.vars, &l.rewriter)
-                        .map(|text| (t.dest.clone(), text))
-                        .map_err(|e| format!("template {e}"))
-                })
-                .partition(Result::is_ok);
-            match errs.is_empty() {
-                true => Ok(ok.into_iter().map(Result::unwrap).collect::<Vec<_>>()),
-                false => Err(errs.into_iter().map(|e| e.unwrap_err()).collect()),
+        match self.reload.prepare(&self.plan, report) {
+            Ok(mut pending) => {
+                pending.replies.push(reply);
+                self.reload.pending = Some(pending);
             }
-        });
-        let (loaded, rendered) = match (loaded, rendered) {
-            (Ok(l), Ok(r)) => (l, r),
-            (_, Err(errors)) => {
-                tracing::error!(
-                    "config reload: {} is invalid; nothing changed:\n{}",
-                    self.plan.file.display(),
-                    errors.join("\n")
-                );
-                report.outcome = Outcome::Invalid;
-                report.errors = errors;
-                report.finished_at = Some(crate::logs::now_ms());
+            Err(report) => {
                 let _ = reply.send(Err(report.clone()));
                 self.reload.last = Some(report);
-                return;
             }
-            (Err(_), Ok(_)) => unreachable!("errors pass through"),
-        };
-        let not_applied = crate::reload::settings_not_applied(&self.plan, &loaded.plan);
-        if !not_applied.is_empty() {
-            report.notes.push(format!(
-                "[supervisor] {} changed: applied at the next start",
-                not_applied.join(", ")
-            ));
         }
-        let (merged, diff) = crate::reload::merge(&self.plan, loaded.plan);
-        report.added = names(&merged, &diff.added);
-        report.removed = names(&merged, &diff.removed);
-        report.changed = names(&merged, &diff.changed);
-        report.unchanged = names(&merged, &diff.unchanged);
-        tracing::info!(
-            "config reload: added [{}], removed [{}], changed [{}], {} unchanged",
-            report.added.join(", "),
-            report.removed.join(", "),
-            report.changed.join(", "),
-            report.unchanged.len()
-        );
-        let retiring = diff.removed.iter().chain(&diff.changed).copied().collect();
-        let old_deps = self
-            .plan
-            .entries
-            .iter()
-            .map(|e| e.after.iter().map(|d| d.idx).collect())
-            .collect();
-        self.reload.pending = Some(Pending {
-            merged: Some(merged),
-            diff,
-            rendered,
-            retiring,
-            old_deps,
-            touched: Vec::new(),
-            report,
-            replies: vec![reply],
-        });
     }
 
     /// Each pass of the loop: advances the pending reload (see the module comment).
@@ -248,56 +263,10 @@ impl Supervisor {
         let plan = Arc::new(p.merged.take().expect("phase 1"));
         self.plan = plan.clone();
         for &i in &p.diff.added {
-            debug_assert_eq!(i, self.rt.len());
-            let e = &plan.entries[i];
-            let log = crate::logs::EntryLog::new(&e.name, i, plan.settings.log_lines);
-            if let Some(dir) = &plan.settings.log_dir {
-                let s = &plan.settings;
-                match crate::logfile::LogFile::open(dir, &e.name, s.log_max_size, s.log_max_files) {
-                    Ok(f) => {
-                        let _ = log.file.set(f);
-                    }
-                    Err(err) => p
-                        .report
-                        .errors
-                        .push(format!("log_dir {}: {err}", dir.display())),
-                }
-            }
-            self.logs.push(log.clone());
-            self.runners.push(crate::runner::spawn_supervised(
-                i,
-                Arc::new(e.clone()),
-                log,
-                self.out.clone(),
-                self.ev_tx.clone(),
-            ));
-            self.rt.push(Rt {
-                state: Some(State::Waiting),
-                ..Rt::default()
-            });
-            self.reload.watchers.push(None);
+            self.add_entry(&plan, i, &mut p.report.errors);
         }
         for &i in &p.diff.changed {
-            // The old runner is idle (the entry was stopped): dropping its channel ends it.
-            self.runners[i] = crate::runner::spawn_supervised(
-                i,
-                Arc::new(plan.entries[i].clone()),
-                self.logs[i].clone(),
-                self.out.clone(),
-                self.ev_tx.clone(),
-            );
-            let longrun = plan.entries[i].kind == Kind::Longrun;
-            let rt = &mut self.rt[i];
-            rt.history = RestartHistory::default();
-            rt.reason = None;
-            rt.failed_while_unready = None;
-            rt.crashed = false;
-            rt.restart_after_stop = false;
-            rt.restarts += u32::from(longrun && rt.runs > 0);
-            rt.gen += 1;
-            if !rt.kept_down() && self.state(i) != State::Waiting {
-                self.set(i, State::Waiting);
-            }
+            self.renew_changed(&plan, i);
         }
         for &i in p.diff.added.iter().chain(&p.diff.changed) {
             let e = &plan.entries[i];
@@ -308,43 +277,11 @@ impl Supervisor {
             };
         }
         for &i in &p.diff.removed {
-            // A tombstone: not a lifecycle transition (no event), just never looked at again.
-            let rt = &mut self.rt[i];
-            rt.state = Some(State::Stopped);
-            rt.user_stopped = false;
-            rt.held = false;
-            rt.reason = Some("removed by a config reload".into());
-            for w in rt.waiters.drain(..) {
-                let _ = w.send(Err("removed by a config reload".to_string().into()));
-            }
-            for w in rt.reload_waiters.drain(..) {
-                let _ = w.send(Err("removed by a config reload".into()));
-            }
-        }
-        let fresh = crate::status::WatchState::for_plan(&plan);
-        for (i, w) in fresh.into_iter().enumerate() {
-            if i >= self.watch.len() {
-                self.watch.push(w);
-            } else if p.diff.changed.contains(&i) || p.diff.removed.contains(&i) {
-                self.watch[i] = w;
-            }
+            self.tombstone(i);
         }
         self.cache.reindex(&plan, &p.diff.changed);
         crate::redact::reinstall(&plan);
-        self.shared.replace_view(View {
-            plan: plan.clone(),
-            logs: self.logs.clone(),
-            watch: self.watch.clone(),
-        });
-        for &i in p.diff.changed.iter().chain(&p.diff.removed) {
-            if let Some(h) = self.reload.watchers[i].take() {
-                h.abort();
-            }
-        }
-        for &i in p.diff.changed.iter().chain(&p.diff.added) {
-            self.reload.watchers[i] = crate::watch::spawn(&self.shared, i);
-        }
-        self.watch_table();
+        self.swap_watchers(&plan, &p.diff);
         self.cron.added(&plan, &p.diff.added);
         p.touched = p
             .diff
@@ -355,6 +292,101 @@ impl Supervisor {
             .collect();
         self.apply_templates(&mut p);
         self.reload.pending = Some(p);
+    }
+
+    /// An added entry: its log (and log file), runner, runtime facts and watcher slot.
+    fn add_entry(&mut self, plan: &Arc<Plan>, i: usize, errors: &mut Vec<String>) {
+        debug_assert_eq!(i, self.rt.len());
+        let e = &plan.entries[i];
+        let log = crate::logs::EntryLog::new(&e.name, i, plan.settings.log_lines);
+        if let Some(dir) = &plan.settings.log_dir {
+            let s = &plan.settings;
+            match crate::logfile::LogFile::open(dir, &e.name, s.log_max_size, s.log_max_files) {
+                Ok(f) => {
+                    let _ = log.file.set(f);
+                }
+                Err(err) => errors.push(format!("log_dir {}: {err}", dir.display())),
+            }
+        }
+        self.logs.push(log.clone());
+        self.runners.push(crate::runner::spawn_supervised(
+            i,
+            Arc::new(e.clone()),
+            log,
+            self.out.clone(),
+            self.ev_tx.clone(),
+        ));
+        self.rt.push(Rt {
+            state: Some(State::Waiting),
+            ..Rt::default()
+        });
+        self.reload.watchers.push(None);
+    }
+
+    /// A changed entry (stopped by phase 1): a new runner, a fresh restart budget, waiting.
+    fn renew_changed(&mut self, plan: &Arc<Plan>, i: usize) {
+        // The old runner is idle (the entry was stopped): dropping its channel ends it.
+        self.runners[i] = crate::runner::spawn_supervised(
+            i,
+            Arc::new(plan.entries[i].clone()),
+            self.logs[i].clone(),
+            self.out.clone(),
+            self.ev_tx.clone(),
+        );
+        let longrun = plan.entries[i].kind == Kind::Longrun;
+        let rt = &mut self.rt[i];
+        rt.history = RestartHistory::default();
+        rt.reason = None;
+        rt.failed_while_unready = None;
+        rt.crashed = false;
+        rt.restart_after_stop = false;
+        rt.restarts += u32::from(longrun && rt.runs > 0);
+        rt.gen += 1;
+        if !rt.kept_down() && self.state(i) != State::Waiting {
+            self.set(i, State::Waiting);
+        }
+    }
+
+    /// A removed entry: not a lifecycle transition (no event), just never looked at again.
+    fn tombstone(&mut self, i: usize) {
+        let rt = &mut self.rt[i];
+        rt.state = Some(State::Stopped);
+        rt.user_stopped = false;
+        rt.held = false;
+        rt.reason = Some("removed by a config reload".into());
+        for w in rt.waiters.drain(..) {
+            let _ = w.send(Err("removed by a config reload".to_string().into()));
+        }
+        for w in rt.reload_waiters.drain(..) {
+            let _ = w.send(Err("removed by a config reload".into()));
+        }
+    }
+
+    /// New watch states for added, changed and removed entries, the API's new view, and
+    /// new watcher tasks (the table's own watcher follows `watch_config`).
+    fn swap_watchers(&mut self, plan: &Arc<Plan>, diff: &Diff) {
+        let fresh = crate::status::WatchState::for_plan(plan);
+        for (i, w) in fresh.into_iter().enumerate() {
+            if i >= self.watch.len() {
+                self.watch.push(w);
+            } else if diff.changed.contains(&i) || diff.removed.contains(&i) {
+                self.watch[i] = w;
+            }
+        }
+        self.shared.replace_view(View {
+            plan: plan.clone(),
+            logs: self.logs.clone(),
+            watch: self.watch.clone(),
+        });
+        for &i in diff.changed.iter().chain(&diff.removed) {
+            if let Some(h) = self.reload.watchers[i].take() {
+                h.abort();
+            }
+        }
+        for &i in diff.changed.iter().chain(&diff.added) {
+            self.reload.watchers[i] = crate::watch::spawn(&self.shared, i);
+        }
+        self.watch_table();
     }
 
     /// Writes the re-rendered templates that changed; their users that the reload does not
