@@ -529,4 +529,70 @@ mod tests {
         let back: ExitInfo = serde_json::from_value(v).unwrap();
         assert_eq!(back, x);
     }
+
+    /// The watch field as docs/WATCH.md shows it: outcomes and modes are the same strings as
+    /// when they were strings, and read back as the same values.
+    #[test]
+    fn watch_status_json_is_the_documented_text() {
+        let train = |outcome, cascade| TrainRecord {
+            at: 1,
+            files: vec!["app.py".into()],
+            count: 1,
+            via: None,
+            duration_s: 0.5,
+            outcome,
+            error: None,
+            log_tail: vec![],
+            cascade,
+            action: None,
+        };
+        let w = WatchStatus {
+            watched: true,
+            mode: Some(WatcherMode::Poll),
+            note: None,
+            paused: false,
+            pending: 0,
+            reloading: false,
+            reloads: 2,
+            held: None,
+            trains: vec![
+                train(TrainOutcome::Done, vec![]),
+                train(
+                    TrainOutcome::Ready,
+                    vec![CascadeRecord {
+                        name: "web".into(),
+                        outcome: TrainOutcome::Failed,
+                        error: Some("x".into()),
+                    }],
+                ),
+            ],
+        };
+        let text = serde_json::to_string(&w).unwrap();
+        let t = r#"{"at":1,"files":["app.py"],"count":1,"duration_s":0.5,"outcome":"#;
+        assert_eq!(
+            text,
+            format!(
+                r#"{{"watched":true,"mode":"poll","note":null,"paused":false,"pending":0,"reloading":false,"reloads":2,"held":null,"trains":[{t}"done"}},{t}"ready","cascade":[{{"name":"web","outcome":"failed","error":"x"}}]}}]}}"#
+            )
+        );
+        let back: WatchStatus = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.mode, Some(WatcherMode::Poll));
+        assert_eq!(back.trains[1].cascade[0].outcome, TrainOutcome::Failed);
+        for (m, s) in [
+            (WatcherMode::Native, "native"),
+            (WatcherMode::Poll, "poll"),
+            (WatcherMode::Error, "error"),
+        ] {
+            assert_eq!(serde_json::to_value(m).unwrap(), s);
+            assert_eq!(m.as_str(), s);
+        }
+        for (o, s) in [
+            (TrainOutcome::Ready, "ready"),
+            (TrainOutcome::Done, "done"),
+            (TrainOutcome::Failed, "failed"),
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), s);
+            assert_eq!(o.as_str(), s);
+        }
+    }
 }
