@@ -32,7 +32,6 @@ mod trim;
 mod unavailable;
 mod wait;
 mod watch;
-mod watch_actions;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;

@@ -204,7 +204,7 @@ pub fn template_users(plan: &Plan, dest: &Path) -> Vec<(usize, TemplateAction)> 
             }
             let signal = e.watch.as_ref().and_then(|w| {
                 let file = dest.file_name()?.to_string_lossy().to_string();
-                match crate::watch_actions::classify(w, &[file]).as_slice() {
+                match crate::watch::actions::classify(w, &[file]).as_slice() {
                     [WatchAction::Signal(s)] => Some(*s),
                     _ => None,
                 }

@@ -120,8 +120,7 @@ pub struct TrainRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
     pub duration_s: f64,
-    /// `ready` (longrun), `done` (oneshot) or `failed`.
-    pub outcome: String,
+    pub outcome: TrainOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -129,7 +128,7 @@ pub struct TrainRecord {
     /// Entries reloaded after this one (dependents of a step, `restart_with`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cascade: Vec<CascadeRecord>,
-    /// The watch actions the train ran, when not a plain restart (src/watch_actions.rs).
+    /// The watch actions the train ran, when not a plain restart (src/watch/actions.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
 }
@@ -138,16 +137,59 @@ pub struct TrainRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CascadeRecord {
     pub name: String,
-    pub outcome: String,
+    pub outcome: TrainOutcome,
     pub error: Option<String>,
 }
 
-/// The `watch` field of an entry's status (src/status.rs).
+/// How a train (or one entry of its cascade) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainOutcome {
+    /// A longrun is ready again.
+    Ready,
+    /// A oneshot completed, or the train's actions (no restart) succeeded.
+    Done,
+    Failed,
+}
+
+impl TrainOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrainOutcome::Ready => "ready",
+            TrainOutcome::Done => "done",
+            TrainOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// What watches an entry's tree (`watch.mode` in status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatcherMode {
+    /// inotify.
+    Native,
+    /// Our own scanner (`mode = "poll"`, or `auto`'s fallback).
+    Poll,
+    /// Watching could not be set up (or stopped); `note` says why.
+    Error,
+}
+
+impl WatcherMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatcherMode::Native => "native",
+            WatcherMode::Poll => "poll",
+            WatcherMode::Error => "error",
+        }
+    }
+}
+
+/// The `watch` field of an entry's status (src/status/watch.rs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WatchStatus {
     pub watched: bool,
-    /// `native`, `poll` or `error` once the watcher is set up.
-    pub mode: Option<String>,
+    /// None until the watcher is set up.
+    pub mode: Option<WatcherMode>,
     /// Why `auto` ended up polling, or why watching failed.
     pub note: Option<String>,
     pub paused: bool,
@@ -486,5 +528,71 @@ mod tests {
         assert_eq!(x.as_code(), 137);
         let back: ExitInfo = serde_json::from_value(v).unwrap();
         assert_eq!(back, x);
+    }
+
+    /// The watch field as docs/WATCH.md shows it: outcomes and modes are the same strings as
+    /// when they were strings, and read back as the same values.
+    #[test]
+    fn watch_status_json_is_the_documented_text() {
+        let train = |outcome, cascade| TrainRecord {
+            at: 1,
+            files: vec!["app.py".into()],
+            count: 1,
+            via: None,
+            duration_s: 0.5,
+            outcome,
+            error: None,
+            log_tail: vec![],
+            cascade,
+            action: None,
+        };
+        let w = WatchStatus {
+            watched: true,
+            mode: Some(WatcherMode::Poll),
+            note: None,
+            paused: false,
+            pending: 0,
+            reloading: false,
+            reloads: 2,
+            held: None,
+            trains: vec![
+                train(TrainOutcome::Done, vec![]),
+                train(
+                    TrainOutcome::Ready,
+                    vec![CascadeRecord {
+                        name: "web".into(),
+                        outcome: TrainOutcome::Failed,
+                        error: Some("x".into()),
+                    }],
+                ),
+            ],
+        };
+        let text = serde_json::to_string(&w).unwrap();
+        let t = r#"{"at":1,"files":["app.py"],"count":1,"duration_s":0.5,"outcome":"#;
+        assert_eq!(
+            text,
+            format!(
+                r#"{{"watched":true,"mode":"poll","note":null,"paused":false,"pending":0,"reloading":false,"reloads":2,"held":null,"trains":[{t}"done"}},{t}"ready","cascade":[{{"name":"web","outcome":"failed","error":"x"}}]}}]}}"#
+            )
+        );
+        let back: WatchStatus = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.mode, Some(WatcherMode::Poll));
+        assert_eq!(back.trains[1].cascade[0].outcome, TrainOutcome::Failed);
+        for (m, s) in [
+            (WatcherMode::Native, "native"),
+            (WatcherMode::Poll, "poll"),
+            (WatcherMode::Error, "error"),
+        ] {
+            assert_eq!(serde_json::to_value(m).unwrap(), s);
+            assert_eq!(m.as_str(), s);
+        }
+        for (o, s) in [
+            (TrainOutcome::Ready, "ready"),
+            (TrainOutcome::Done, "done"),
+            (TrainOutcome::Failed, "failed"),
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), s);
+            assert_eq!(o.as_str(), s);
+        }
     }
 }

@@ -1,7 +1,7 @@
-//! The live watch state of each entry: written by its watcher task (src/watch.rs), read by
+//! The live watch state of each entry: written by its watcher task (src/watch/), read by
 //! `Status::refresh` and switched by `pause`/`resume`. It owns no lifecycle state.
 
-use super::{TrainRecord, WatchStatus};
+use super::{TrainOutcome, TrainRecord, WatchStatus, WatcherMode};
 use crate::plan::Plan;
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -11,8 +11,8 @@ const KEEP_TRAINS: usize = 10;
 
 #[derive(Debug, Default)]
 pub struct Info {
-    /// `native`, `poll`, or `error` once the watcher is set up; None before.
-    pub mode: Option<&'static str>,
+    /// None until the watcher is set up.
+    pub mode: Option<WatcherMode>,
     /// Why `auto` ended up polling, or why watching failed.
     pub note: Option<String>,
     pub pending: usize,
@@ -30,8 +30,6 @@ pub struct WatchState {
     cascaded: bool,
     paused: tokio::sync::watch::Sender<bool>,
     info: Mutex<Info>,
-    /// Reload-loop detection (src/watch_actions.rs).
-    guard: Mutex<crate::watch_actions::LoopGuard>,
 }
 
 impl WatchState {
@@ -49,7 +47,6 @@ impl WatchState {
                     cascaded: targets.contains(&i),
                     paused: tokio::sync::watch::channel(false).0,
                     info: Mutex::new(Info::default()),
-                    guard: Mutex::default(),
                 })
             })
             .collect()
@@ -69,8 +66,11 @@ impl WatchState {
         self.watched
     }
 
-    pub fn guard(&self) -> std::sync::MutexGuard<'_, crate::watch_actions::LoopGuard> {
-        self.guard.lock().unwrap_or_else(|p| p.into_inner())
+    /// The watcher's mode and why (set up, fallen back to polling, failed, set up again).
+    pub fn set_mode(&self, mode: WatcherMode, note: Option<String>) {
+        let mut i = self.info();
+        i.mode = Some(mode);
+        i.note = note;
     }
 
     pub fn info(&self) -> std::sync::MutexGuard<'_, Info> {
@@ -94,7 +94,7 @@ impl WatchState {
     pub fn record(&self, t: TrainRecord) {
         let mut i = self.info();
         i.reloads += 1;
-        if t.outcome != "failed" {
+        if t.outcome != TrainOutcome::Failed {
             i.held = None;
         }
         i.trains.push_back(t);
@@ -111,7 +111,7 @@ impl WatchState {
         let i = self.info();
         Some(WatchStatus {
             watched: self.watched,
-            mode: i.mode.map(String::from),
+            mode: i.mode,
             note: i.note.clone(),
             paused: *self.paused.borrow(),
             pending: i.pending,

@@ -411,7 +411,7 @@ impl Supervisor {
                 let what = match act {
                     TemplateAction::Watched => format!("{name}: its watcher"),
                     TemplateAction::Signal(sig) if running => {
-                        match crate::watch_actions::signal(self.entry(u), sig) {
+                        match crate::watch::actions::signal(self.entry(u), sig) {
                             Ok(()) => format!("{name}: signal {}", sig.as_str()),
                             Err(e) => {
                                 p.report.errors.push(e.clone());

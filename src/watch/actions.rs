@@ -3,9 +3,14 @@
 //! root; `*` crosses `/`), else the table's `action` (default `restart`). One train runs each
 //! distinct action once, in this order: `run` (re-run a step; what depends on it reloads),
 //! `exec`, then `restart` or `signal` (a restart makes a signal moot); `none` does nothing.
+//! It also owns [`LoopGuard`], which tells a reload loop from a user's saves.
+//!
+//! The actions act on the entry's process directly (a signal, an `exec` as its user) or are
+//! run by `reload.rs` through the control loop; nothing here writes lifecycle state or status.
 
 use crate::plan::{Entry, Watch, WatchAction};
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use std::time::SystemTime;
 
 /// The distinct actions of a train, in the order they run.
 pub fn classify(w: &Watch, files: &[String]) -> Vec<WatchAction> {
@@ -95,6 +100,61 @@ pub async fn exec(entry: &Entry, argv: &[String]) -> Result<(), String> {
     ))
 }
 
+/// Trains in a row, each caused by files written during the previous reload, that make a
+/// reload loop.
+pub const LOOP_TRAINS: u32 = 5;
+
+/// Detects reloads caused by the reload itself: a file the entry (or anything it starts, or
+/// the supervisor's own output) writes while it restarts changes during every reload. A file
+/// saved after a reload ended (an editor, however fast) is no loop.
+#[derive(Debug, Default)]
+pub struct LoopGuard {
+    /// Wall-clock start and end of the last train (file mtimes are wall-clock).
+    last: Option<(SystemTime, SystemTime)>,
+    started: Option<SystemTime>,
+    streak: u32,
+}
+
+impl LoopGuard {
+    /// When the last train ran.
+    pub fn window(&self) -> Option<(SystemTime, SystemTime)> {
+        self.last
+    }
+
+    /// A train starts; `written` are its files last modified during the previous train.
+    /// Returns them when this train completes a loop.
+    pub fn start(&mut self, written: Vec<String>, now: SystemTime) -> Option<Vec<String>> {
+        self.started = Some(now);
+        if written.is_empty() {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        (self.streak >= LOOP_TRAINS).then_some(written)
+    }
+
+    /// The train ended (its entry is ready again, or failed).
+    pub fn end(&mut self, now: SystemTime) {
+        self.last = self.started.take().map(|s| (s, now));
+    }
+}
+
+/// Whether `file` (relative to one of `roots`) was last modified within `window`.
+pub fn modified_in(
+    roots: &[std::path::PathBuf],
+    file: &str,
+    window: (SystemTime, SystemTime),
+) -> bool {
+    roots
+        .iter()
+        .find_map(|r| {
+            std::fs::metadata(r.join(file))
+                .and_then(|m| m.modified())
+                .ok()
+        })
+        .is_some_and(|t| t >= window.0 && t <= window.1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,63 +198,6 @@ mod tests {
             vec![WatchAction::Exec(vec!["make".into()]), WatchAction::Restart]
         );
     }
-}
-
-/// Trains in a row, each caused by files written during the previous reload, that make a
-/// reload loop.
-pub const LOOP_TRAINS: u32 = 5;
-
-/// Detects reloads caused by the reload itself: a file the entry (or anything it starts, or
-/// the supervisor's own output) writes while it restarts changes during every reload. A file
-/// saved after a reload ended (an editor, however fast) is no loop.
-#[derive(Debug, Default)]
-pub struct LoopGuard {
-    /// Wall-clock start and end of the last train (file mtimes are wall-clock).
-    last: Option<(SystemTime, SystemTime)>,
-    started: Option<SystemTime>,
-    streak: u32,
-}
-
-use std::time::SystemTime;
-
-impl LoopGuard {
-    /// When the last train ran.
-    pub fn window(&self) -> Option<(SystemTime, SystemTime)> {
-        self.last
-    }
-
-    /// A train starts; `written` are its files last modified during the previous train.
-    /// Returns them when this train completes a loop.
-    pub fn start(&mut self, written: Vec<String>, now: SystemTime) -> Option<Vec<String>> {
-        self.started = Some(now);
-        if written.is_empty() {
-            self.streak = 0;
-            return None;
-        }
-        self.streak += 1;
-        (self.streak >= LOOP_TRAINS).then_some(written)
-    }
-
-    /// The train ended (its entry is ready again, or failed).
-    pub fn end(&mut self, now: SystemTime) {
-        self.last = self.started.take().map(|s| (s, now));
-    }
-}
-
-/// Whether `file` (relative to one of `roots`) was last modified within `window`.
-pub fn modified_in(
-    roots: &[std::path::PathBuf],
-    file: &str,
-    window: (SystemTime, SystemTime),
-) -> bool {
-    roots
-        .iter()
-        .find_map(|r| {
-            std::fs::metadata(r.join(file))
-                .and_then(|m| m.modified())
-                .ok()
-        })
-        .is_some_and(|t| t >= window.0 && t <= window.1)
 }
 
 #[cfg(test)]
