@@ -131,7 +131,7 @@ pub struct Watch {
     pub mode: WatchMode,
     #[serde(with = "secs")]
     pub poll_interval: Duration,
-    /// What a change does when no rule of `on` matches its file (src/watch_actions.rs).
+    /// What a change does when no rule of `on` matches its file (src/watch/actions.rs).
     pub action: WatchAction,
     /// Per path group: the first rule whose globs match a changed file decides its action.
     pub on: Vec<WatchRule>,

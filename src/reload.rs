@@ -1,7 +1,7 @@
 //! Hot config reload (`dmp-contained reload`, SIGHUP, `[supervisor] watch_config`): the
 //! pure part — loading, diffing the edited table against the running plan, re-rendering
 //! templates — and the table watcher. The control loop applies the result
-//! (src/supervisor_reload.rs).
+//! (src/supervisor/reload.rs).
 //!
 //! # Indices stay stable
 //! Entries are addressed by index everywhere (runner tasks tag their events with it, logs,

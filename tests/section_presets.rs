@@ -138,7 +138,7 @@ fn vars_are_defaults_the_environment_wins() {
     assert_eq!(cmd(&[("ADDR", "elsewhere:1")]), "elsewhere:1");
 }
 
-/// Watch ignores the shipped table used to repeat, now among the defaults (src/watch.rs).
+/// Watch ignores the shipped table used to repeat, now among the defaults (src/watch/).
 const NOW_DEFAULT_IGNORES: &[&str] = &["venv/**", "*.log", ".pytest_cache/**"];
 
 /// The shipped table, rewritten with presets, plans exactly the entries it planned before

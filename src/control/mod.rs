@@ -1,6 +1,6 @@
 //! The contract between the control loop and everything that talks to it: the requests
 //! (`Control`), why one is refused (`Refused`), and the read side the API, the watchers and the
-//! config reload share (`Shared`). It owns no state; the loop (src/supervisor.rs) answers every
+//! config reload share (`Shared`). It owns no state; the loop (src/supervisor/) answers every
 //! request, and only the loop publishes on `Shared`.
 
 mod shared;
@@ -14,7 +14,7 @@ pub enum Action {
     Stop,
     Restart,
     Run,
-    /// Hot reload: hold changes until `Resume` (src/watch.rs).
+    /// Hot reload: hold changes until `Resume` (src/watch/).
     Pause,
     Resume,
 }
@@ -74,7 +74,7 @@ pub enum Control {
         reply: oneshot::Sender<Result<String, Refused>>,
     },
     Shutdown(oneshot::Sender<()>),
-    /// Hot reload (src/watch.rs): restart the entry (re-run a oneshot) because `files` files
+    /// Hot reload (src/watch/): restart the entry (re-run a oneshot) because `files` files
     /// changed; reply once it is ready/done, or with why not (backoff, failed, refused).
     Reload {
         idx: usize,

@@ -15,7 +15,7 @@ pub struct Shared {
     pub control: mpsc::Sender<Control>,
     /// State changes as they happen (src/progress.rs; `GET /_supervisor/events`).
     pub events: tokio::sync::broadcast::Sender<crate::progress::Event>,
-    /// The latest status, published by the loop after every step (src/status.rs).
+    /// The latest status, published by the loop after every step (src/status/).
     pub status: tokio::sync::watch::Receiver<Arc<Status>>,
     /// The supervisor's stdout queue (its counters are read into status).
     pub out: Arc<Output>,
@@ -26,7 +26,7 @@ pub struct Shared {
 pub struct View {
     pub plan: Arc<Plan>,
     pub logs: Vec<Arc<EntryLog>>,
-    /// Per-entry hot-reload status and pause switch (src/watch.rs).
+    /// Per-entry hot-reload status and pause switch (src/watch/).
     pub watch: Vec<Arc<WatchState>>,
 }
 

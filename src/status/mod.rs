@@ -1,7 +1,7 @@
 //! The status a user reads, typed: `GET /_supervisor/status`, `/health`, `/metrics`, the
 //! dashboard, `dmp-contained status|wait|logs` and the "unavailable" page all read these types.
 //!
-//! Owner: the control loop (src/supervisor.rs) is the only writer. After every step it builds a
+//! Owner: the control loop (src/supervisor/) is the only writer. After every step it builds a
 //! `Status` and publishes it on a `tokio::sync::watch` channel (`Shared::status`); readers take
 //! the latest snapshot without a round trip through the loop. Facts that change without a
 //! lifecycle event (uptimes, captured line counts, watch trains, output counters) belong to

@@ -28,7 +28,7 @@ pub struct ReloadCtl {
     loader: Option<Loader>,
     pending: Option<Pending>,
     last: Option<Report>,
-    /// Per entry: its watcher task (src/watch.rs).
+    /// Per entry: its watcher task (src/watch/).
     watchers: Vec<Option<AbortHandle>>,
     /// `[supervisor] watch_config`.
     table_watcher: Option<AbortHandle>,
@@ -63,7 +63,7 @@ impl ReloadCtl {
 
     /// Loads and checks the table again and renders its templates; Ok with the reload to
     /// run against `plan`, Err with the report when anything is invalid (nothing changed).
-    fn prepare(&self, plan: &Plan, mut report: Report) -> Result<Pending, Report> {
+    fn prepare(&self, plan: &Plan, mut report: Report) -> Result<Pending, Box<Report>> {
         let loaded = (self.loader.as_ref().expect("checked"))();
         let rendered = loaded.as_ref().map_err(Clone::clone).and_then(render_all);
         let (loaded, rendered) = match (loaded, rendered) {
@@ -77,7 +77,7 @@ impl ReloadCtl {
                 report.outcome = Outcome::Invalid;
                 report.errors = errors;
                 report.finished_at = Some(crate::logs::now_ms());
-                return Err(report);
+                return Err(Box::new(report));
             }
             (Err(_), Ok(_)) => unreachable!("errors pass through"),
         };
@@ -221,8 +221,8 @@ impl Supervisor {
                 self.reload.pending = Some(pending);
             }
             Err(report) => {
-                let _ = reply.send(Err(report.clone()));
-                self.reload.last = Some(report);
+                let _ = reply.send(Err(Report::clone(&report)));
+                self.reload.last = Some(*report);
             }
         }
     }
