@@ -9,7 +9,7 @@ use crate::process::ExitInfo;
 use crate::runner::{Cause, Event, EventKind, RunnerCmd};
 use crate::state::{Decision, State};
 use std::time::Instant;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 impl Supervisor {
     pub(super) fn set(&mut self, i: usize, to: State) {
@@ -130,27 +130,7 @@ impl Supervisor {
                 };
                 self.after_exit(i, exit, Some(msg));
             }
-            EventKind::Lost { reason, cmds } => {
-                self.runners[i] = cmds;
-                self.rt[i].pid = None;
-                tracing::error!("{name}: {reason}; its processes were killed");
-                self.logs[i].note(&self.out, format!("[dmp-contained] {reason}"));
-                match self.state(i) {
-                    State::Stopping => self.on_event(Event {
-                        idx: i,
-                        kind: EventKind::StopDone,
-                    }),
-                    State::Starting | State::Ready | State::Running => {
-                        let exit = ExitInfo {
-                            code: None,
-                            signal: None,
-                            at: crate::logs::now_ms(),
-                        };
-                        self.after_exit(i, exit, Some(reason));
-                    }
-                    _ => {}
-                }
-            }
+            EventKind::Lost { reason, cmds } => self.on_lost(i, reason, cmds),
             EventKind::StopDone => {
                 if self.state(i) == State::Stopping {
                     self.set(i, State::Stopped);
@@ -162,29 +142,57 @@ impl Supervisor {
                     self.set(i, State::Waiting);
                 }
             }
-            EventKind::Exited { exit, cause } => {
-                self.rt[i].pid = None;
-                let what = exit.describe();
-                match &cause {
-                    Cause::Stopped => {
-                        tracing::info!("{name}: stopped ({what})");
-                        self.rt[i].last_exit = Some(exit);
-                        // StopDone (next on the same channel) completes the transition.
-                    }
-                    Cause::Own => {
-                        if self.entry(i).kind == Kind::Longrun || !exit.success() {
-                            tracing::warn!("{name}: exited with {what}");
-                        } else {
-                            tracing::info!("{name}: done");
-                        }
-                        self.after_exit(i, exit, None);
-                    }
-                    Cause::Probe(reason) => {
-                        tracing::warn!("{name}: {reason}; process stopped ({what})");
-                        self.logs[i].note(&self.out, format!("[dmp-contained] {reason}"));
-                        self.after_exit(i, exit, Some(reason.clone()));
-                    }
+            EventKind::Exited { exit, cause } => self.on_exited(i, exit, cause),
+        }
+    }
+
+    /// Its runner died (a panic): the runner was replaced, its processes killed.
+    fn on_lost(&mut self, i: usize, reason: String, cmds: mpsc::UnboundedSender<RunnerCmd>) {
+        let name = self.entry(i).name.clone();
+        self.runners[i] = cmds;
+        self.rt[i].pid = None;
+        tracing::error!("{name}: {reason}; its processes were killed");
+        self.logs[i].note(&self.out, format!("[dmp-contained] {reason}"));
+        match self.state(i) {
+            State::Stopping => self.on_event(Event {
+                idx: i,
+                kind: EventKind::StopDone,
+            }),
+            State::Starting | State::Ready | State::Running => {
+                let exit = ExitInfo {
+                    code: None,
+                    signal: None,
+                    at: crate::logs::now_ms(),
+                };
+                self.after_exit(i, exit, Some(reason));
+            }
+            _ => {}
+        }
+    }
+
+    /// Its process exited: stopped by us, by itself, or by a failed probe.
+    fn on_exited(&mut self, i: usize, exit: ExitInfo, cause: Cause) {
+        let name = self.entry(i).name.clone();
+        self.rt[i].pid = None;
+        let what = exit.describe();
+        match &cause {
+            Cause::Stopped => {
+                tracing::info!("{name}: stopped ({what})");
+                self.rt[i].last_exit = Some(exit);
+                // StopDone (next on the same channel) completes the transition.
+            }
+            Cause::Own => {
+                if self.entry(i).kind == Kind::Longrun || !exit.success() {
+                    tracing::warn!("{name}: exited with {what}");
+                } else {
+                    tracing::info!("{name}: done");
                 }
+                self.after_exit(i, exit, None);
+            }
+            Cause::Probe(reason) => {
+                tracing::warn!("{name}: {reason}; process stopped ({what})");
+                self.logs[i].note(&self.out, format!("[dmp-contained] {reason}"));
+                self.after_exit(i, exit, Some(reason.clone()));
             }
         }
     }

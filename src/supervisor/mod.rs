@@ -8,7 +8,7 @@ use crate::plan::{Entry, Plan};
 use crate::process::ExitInfo;
 use crate::runner::{Event, RunnerCmd};
 use crate::state::{RestartHistory, State};
-use crate::status::{Overall, Status};
+use crate::status::Status;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -60,6 +60,19 @@ struct Rt {
 }
 
 impl Rt {
+    /// A new entry: waiting, with its start-up span named.
+    fn waiting(e: &Entry) -> Rt {
+        Rt {
+            state: Some(State::Waiting),
+            span: crate::progress::Span {
+                name: e.name.clone(),
+                after: e.after.iter().map(|d| d.idx).collect(),
+                ..Default::default()
+            },
+            ..Rt::default()
+        }
+    }
+
     /// Not to be started by the scheduler: stopped by request or held for a snapshot.
     fn kept_down(&self) -> bool {
         self.user_stopped || self.held
@@ -215,21 +228,8 @@ impl Supervisor {
         let started = Instant::now();
         let watch = crate::status::WatchState::for_plan(&plan);
         let (events, _) = tokio::sync::broadcast::channel(1024);
-        let (status_tx, status_rx) = tokio::sync::watch::channel(Arc::new(Status {
-            event_seq: 0,
-            critical_path: Vec::new(),
-            supervisor: crate::status::SupervisorStatus {
-                version: env!("CARGO_PKG_VERSION").into(),
-                pid: std::process::id(),
-                uptime_s: 0.0,
-                state: Overall::Starting,
-                config: plan.file.clone(),
-                output: Default::default(),
-                started: Some(started),
-            },
-            entries: Vec::new(),
-            config_reload: None,
-        }));
+        let (status_tx, status_rx) =
+            tokio::sync::watch::channel(Arc::new(publish::first_status(&plan, started)));
         let view = View {
             plan: plan.clone(),
             logs: logs.clone(),
@@ -242,19 +242,7 @@ impl Supervisor {
             status_rx,
             out.clone(),
         ));
-        let rt = plan
-            .entries
-            .iter()
-            .map(|e| Rt {
-                state: Some(State::Waiting),
-                span: crate::progress::Span {
-                    name: e.name.clone(),
-                    after: e.after.iter().map(|d| d.idx).collect(),
-                    ..Default::default()
-                },
-                ..Rt::default()
-            })
-            .collect();
+        let rt = plan.entries.iter().map(Rt::waiting).collect();
         let cache = cache::CacheCtl::new(&plan, in_tx.clone());
         let sup = Supervisor {
             plan,

@@ -114,3 +114,22 @@ impl Supervisor {
         (!missing.is_empty()).then(|| format!("waiting for {}", missing.join(", ")))
     }
 }
+
+/// The status before the loop's first step.
+pub(super) fn first_status(plan: &crate::plan::Plan, started: std::time::Instant) -> Status {
+    Status {
+        event_seq: 0,
+        critical_path: Vec::new(),
+        supervisor: crate::status::SupervisorStatus {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            uptime_s: 0.0,
+            state: Overall::Starting,
+            config: plan.file.clone(),
+            output: Default::default(),
+            started: Some(started),
+        },
+        entries: Vec::new(),
+        config_reload: None,
+    }
+}

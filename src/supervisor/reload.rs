@@ -316,10 +316,7 @@ impl Supervisor {
             self.out.clone(),
             self.ev_tx.clone(),
         ));
-        self.rt.push(Rt {
-            state: Some(State::Waiting),
-            ..Rt::default()
-        });
+        self.rt.push(Rt::waiting(e));
         self.reload.watchers.push(None);
     }
 

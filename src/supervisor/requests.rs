@@ -64,7 +64,6 @@ impl Supervisor {
             known: self.plan.names(),
         })?;
         let s = self.state(i);
-        let kind = self.entry(i).kind;
         if self.is_retiring(i) {
             return Err(Refused::Conflict(format!(
                 "`{name}` is being replaced by a config reload; try again when it settles"
@@ -95,67 +94,72 @@ impl Supervisor {
                     Ok(Some(format!("{name} is not running ({})", state_name(s))))
                 }
             }
-            Action::Start | Action::Run | Action::Restart => {
-                if action == Action::Run && kind != Kind::Oneshot {
-                    return Err(Refused::Conflict(format!(
-                        "`{name}` is a longrun; `run` is for [step] entries (use restart)"
-                    )));
-                }
-                if action == Action::Start && s.is_active() && s != State::Backoff {
-                    return Ok(Some(format!("{name} is already {}", state_name(s))));
-                }
-                // A step never runs twice at once: `run` joins the current run's result.
-                if kind == Kind::Oneshot && s == State::Running {
-                    if action == Action::Run {
-                        return Ok(None);
-                    }
-                    return Err(Refused::Conflict(format!(
-                        "`{name}` is running; a step never runs concurrently with itself (`run {name}` waits for this run's result)"
-                    )));
-                }
-                let deps_ok = self
-                    .entry(i)
-                    .after
-                    .iter()
-                    .all(|d| d.satisfied_by(self.state(d.idx)));
-                if !deps_ok {
-                    return Err(Refused::Conflict(format!(
-                        "`{name}` cannot start yet: its dependencies are not satisfied"
-                    )));
-                }
-                self.rt[i].user_stopped = false;
-                self.rt[i].history = RestartHistory::default();
-                if s.is_active() && s != State::Backoff {
-                    self.rt[i].restart_after_stop = true;
-                    if s != State::Stopping {
-                        self.stop_entry(i, far);
-                    }
-                } else {
-                    // From backoff: cancel the pending timer and start now.
-                    self.rt[i].gen += 1;
-                    if s != State::Waiting {
-                        self.set(i, State::Waiting);
-                    }
-                    if action != Action::Start && kind == Kind::Oneshot {
-                        self.cache.force(i);
-                    }
-                    if action != Action::Start {
-                        self.rt[i].restarts +=
-                            u32::from(self.rt[i].runs > 0 && kind == Kind::Longrun);
-                    }
-                }
-                if kind == Kind::Oneshot && action == Action::Run {
-                    return Ok(None);
-                }
-                Ok(Some(format!(
-                    "{} {name}",
-                    match action {
-                        Action::Start => "starting",
-                        _ => "restarting",
-                    }
-                )))
+            Action::Start | Action::Run | Action::Restart => self.act_start(action, i, s),
+        }
+    }
+
+    /// `start`, `run` or `restart` of entry `i` (in state `s`), not off, not skipped.
+    fn act_start(&mut self, action: Action, i: usize, s: State) -> Result<Option<String>, Refused> {
+        let name = self.entry(i).name.clone();
+        let kind = self.entry(i).kind;
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        if action == Action::Run && kind != Kind::Oneshot {
+            return Err(Refused::Conflict(format!(
+                "`{name}` is a longrun; `run` is for [step] entries (use restart)"
+            )));
+        }
+        if action == Action::Start && s.is_active() && s != State::Backoff {
+            return Ok(Some(format!("{name} is already {}", state_name(s))));
+        }
+        // A step never runs twice at once: `run` joins the current run's result.
+        if kind == Kind::Oneshot && s == State::Running {
+            if action == Action::Run {
+                return Ok(None);
+            }
+            return Err(Refused::Conflict(format!(
+                "`{name}` is running; a step never runs concurrently with itself (`run {name}` waits for this run's result)"
+            )));
+        }
+        let deps_ok = self
+            .entry(i)
+            .after
+            .iter()
+            .all(|d| d.satisfied_by(self.state(d.idx)));
+        if !deps_ok {
+            return Err(Refused::Conflict(format!(
+                "`{name}` cannot start yet: its dependencies are not satisfied"
+            )));
+        }
+        self.rt[i].user_stopped = false;
+        self.rt[i].history = RestartHistory::default();
+        if s.is_active() && s != State::Backoff {
+            self.rt[i].restart_after_stop = true;
+            if s != State::Stopping {
+                self.stop_entry(i, far);
+            }
+        } else {
+            // From backoff: cancel the pending timer and start now.
+            self.rt[i].gen += 1;
+            if s != State::Waiting {
+                self.set(i, State::Waiting);
+            }
+            if action != Action::Start && kind == Kind::Oneshot {
+                self.cache.force(i);
+            }
+            if action != Action::Start {
+                self.rt[i].restarts += u32::from(self.rt[i].runs > 0 && kind == Kind::Longrun);
             }
         }
+        if kind == Kind::Oneshot && action == Action::Run {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "{} {name}",
+            match action {
+                Action::Start => "starting",
+                _ => "restarting",
+            }
+        )))
     }
 
     /// Hot reload of entry `i` (see `Control::Reload`). Like a restart, but it also brings
