@@ -198,6 +198,8 @@ pub async fn serve_unix(api: Arc<Api>, listener: tokio::net::UnixListener) {
 /// Raises this process's RLIMIT_NOFILE soft limit to the hard limit (many followers and
 /// dashboard connections plus every service's pipes). Returns the resulting soft limit.
 /// Call it from `main` before the runtime starts.
+/// Process-wide, not only the API's: it sits here beside `nofile_soft` (the connection cap is
+/// half the soft limit); `process.rs` (process limits) would be its home.
 pub fn raise_nofile() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
