@@ -3,6 +3,7 @@
 
 use crate::cli::{Client, EXIT_NEGATIVE, EXIT_UNKNOWN, EXIT_UNREACHABLE};
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use std::io::Write;
 use std::time::Duration;
 
@@ -127,53 +128,76 @@ pub async fn logs(c: &Client, names: &[String], follow: bool, tail: usize, mut f
     } else {
         tail
     };
+    let bodies = match open(c, &names, follow, tail).await {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    if follow {
+        stream(bodies, &f).await
+    } else {
+        read_all(bodies, &f).await
+    }
+}
+
+/// One `/logs/NAME` response body per name, or the exit code when one is refused.
+async fn open(
+    c: &Client,
+    names: &[String],
+    follow: bool,
+    tail: usize,
+) -> Result<Vec<Incoming>, i32> {
     let mut bodies = Vec::new();
-    for n in &names {
+    for n in names {
         let path = format!(
             "/logs/{}?format=json&tail={tail}{}",
             crate::cli::urlencode(n),
             if follow { "&follow=1" } else { "" }
         );
-        let r = match c.request("GET", &path).await {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return EXIT_UNREACHABLE;
-            }
-        };
+        let r = c.request("GET", &path).await.map_err(|e| {
+            eprintln!("error: {e}");
+            EXIT_UNREACHABLE
+        })?;
         match r.status {
             200 => bodies.push(r.body),
             404 => {
                 eprintln!("error: unknown entry `{n}`");
-                return EXIT_UNKNOWN;
+                return Err(EXIT_UNKNOWN);
             }
             code => {
                 eprintln!("error: the supervisor answered HTTP {code} for {n}");
-                return EXIT_NEGATIVE;
+                return Err(EXIT_NEGATIVE);
             }
         }
     }
-    let print = |lines: Vec<Line>| -> bool {
-        let mut out = std::io::stdout().lock();
-        let text: String = lines.iter().filter_map(|l| f.render(l)).collect();
-        // A closed stdout (`| head`) ends the command.
-        out.write_all(text.as_bytes())
-            .and_then(|_| out.flush())
-            .is_ok()
-    };
-    if !follow {
-        let mut per_entry = Vec::new();
-        for b in bodies {
-            let Ok(all) = b.collect().await else {
-                return EXIT_UNREACHABLE;
-            };
-            let mut pending = all.to_bytes().to_vec();
-            pending.push(b'\n');
-            per_entry.push(parse_lines(&mut pending));
-        }
-        print(interleave(per_entry));
-        return 0;
+    Ok(bodies)
+}
+
+/// Prints what `f` lets through; false when stdout is closed (`| head`), which ends the command.
+fn print(f: &Filter, lines: &[Line]) -> bool {
+    let mut out = std::io::stdout().lock();
+    let text: String = lines.iter().filter_map(|l| f.render(l)).collect();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .is_ok()
+}
+
+/// Without `-f`: every body to its end, then all lines merged by time.
+async fn read_all(bodies: Vec<Incoming>, f: &Filter) -> i32 {
+    let mut per_entry = Vec::new();
+    for b in bodies {
+        let Ok(all) = b.collect().await else {
+            return EXIT_UNREACHABLE;
+        };
+        let mut pending = all.to_bytes().to_vec();
+        pending.push(b'\n');
+        per_entry.push(parse_lines(&mut pending));
     }
+    print(f, &interleave(per_entry));
+    0
+}
+
+/// `-f`: lines as they arrive on any body, until every body ends or stdout is closed.
+async fn stream(bodies: Vec<Incoming>, f: &Filter) -> i32 {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Line>>(64);
     for mut body in bodies {
         let tx = tx.clone();
@@ -191,7 +215,7 @@ pub async fn logs(c: &Client, names: &[String], follow: bool, tail: usize, mut f
     }
     drop(tx);
     while let Some(lines) = rx.recv().await {
-        if !print(lines) {
+        if !print(f, &lines) {
             return 0;
         }
     }

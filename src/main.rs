@@ -29,7 +29,6 @@ mod state;
 mod status;
 mod supervisor;
 mod trim;
-mod unavailable;
 mod wait;
 mod watch;
 

@@ -10,7 +10,7 @@ if [ -z "$CHROME" ]; then echo "SKIP: chromium not installed"; exit 77; fi
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=${DMP_BIN:-}
 if [ -z "$BIN" ]; then
-  if [ -x "$TARGET/release/dmp-contained" ] && [ "$TARGET/release/dmp-contained" -nt src/api.rs ]; then BIN=$TARGET/release/dmp-contained
+  if [ -x "$TARGET/release/dmp-contained" ] && [ "$TARGET/release/dmp-contained" -nt src/api/mod.rs ]; then BIN=$TARGET/release/dmp-contained
   else cargo build -q; BIN=$TARGET/debug/dmp-contained; fi
 fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -9,8 +9,11 @@
 //!   failed), refreshing itself every few seconds;
 //! - an entry that is skipped (its repository is not mounted) or unknown is `404`: nginx then
 //!   shows the example app's "clone it" page.
+//!
+//! It reads the published status and only asks the loop to be told when an entry settles
+//! (`Control::AwaitSettled`); it never restarts or starts anything itself.
 
-use crate::api::{Api, Resp};
+use super::{Api, Resp};
 use crate::control::Control;
 use crate::state::State;
 use crate::status::EntryStatus;
