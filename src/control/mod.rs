@@ -38,7 +38,7 @@ impl std::str::FromStr for Action {
     }
 }
 
-/// Why a mutation did not succeed (src/api.rs maps each variant to its HTTP status).
+/// Why a mutation did not succeed (src/api/ maps each variant to its HTTP status).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Refused {
     #[error("unknown entry `{name}` (known: {known})")]
@@ -82,7 +82,7 @@ pub enum Control {
         reply: oneshot::Sender<Result<(), String>>,
     },
     /// Reply once entry `idx` is ready/done (Ok) or has settled elsewhere (Err with why); at
-    /// once when it is not on its way to ready (src/unavailable.rs holds requests with it).
+    /// once when it is not on its way to ready (src/api/unavailable.rs holds requests with it).
     AwaitSettled {
         idx: usize,
         reply: oneshot::Sender<Result<(), String>>,

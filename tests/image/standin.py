@@ -3,7 +3,7 @@
 `port=<port> path=<path> missing=<X-Dmp-Missing-App header>`.
 A path ending in /fail503 answers 503 (an error produced by the app itself); /_missing
 answers 503 like the example app's "this app is not mounted" page.
-/_supervisor/unavailable/NAME stands in for the supervisor's route (src/unavailable.rs): 503
+/_supervisor/unavailable/NAME stands in for the supervisor's route (src/api/unavailable.rs): 503
 `unavailable=NAME uri=<X-Dmp-Original-Uri>` when NAME is listed (one per line) in the file named
 by $STANDIN_UNAVAILABLE, else 404 (not mounted).
 
