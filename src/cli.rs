@@ -105,7 +105,7 @@ pub async fn status(c: &Client, as_json: bool, all: bool) -> i32 {
             "{:<24} {:<8} {:<9} {:>7} {:>8} {:>9}  {}",
             e.name,
             e.kind.as_str(),
-            crate::state::state_name(e.state),
+            e.state.to_string(),
             e.pid.map(|p| p.to_string()).unwrap_or("-".into()),
             e.restarts,
             e.time_to_ready_s
@@ -148,7 +148,7 @@ pub async fn health(c: &Client) -> i32 {
                 .into_iter()
                 .flat_map(|h| h.not_ready)
                 .map(|e| {
-                    let mut s = format!("{} ({})", e.name, crate::state::state_name(e.state));
+                    let mut s = format!("{} ({})", e.name, e.state);
                     if let Some(r) = e.reason {
                         s.push_str(&format!(": {r}"));
                     }

@@ -113,6 +113,12 @@ pub fn state_name(s: State) -> String {
     s.as_str().to_string()
 }
 
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What to do after a longrun exited on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {

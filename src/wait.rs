@@ -66,7 +66,7 @@ fn explain(status: &Status, name: &str, what: &str) {
     };
     eprintln!(
         "{what}: {name} ({}){}",
-        crate::state::state_name(e.state),
+        e.state,
         e.reason
             .as_deref()
             .map(|r| format!(": {r}"))

@@ -27,7 +27,12 @@ fn sources() -> Vec<Source> {
             continue;
         }
         let rel = path.strip_prefix(&root).unwrap();
-        let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
         let module = first.trim_end_matches(".rs").to_string();
         let text = std::fs::read_to_string(&path).unwrap();
         out.push(Source {
@@ -151,7 +156,11 @@ fn no_import_circle_between_top_level_modules() {
             format!("{m} -> {back:?} -> ... -> {m}")
         })
         .collect();
-    assert!(circles.is_empty(), "import circles:\n{}", circles.join("\n"));
+    assert!(
+        circles.is_empty(),
+        "import circles:\n{}",
+        circles.join("\n")
+    );
 }
 
 #[test]

@@ -101,7 +101,7 @@ fn render_metrics(st: &Status) -> String {
         st.entries
             .iter()
             .map(|e| {
-                let state = crate::state::state_name(e.state);
+                let state = e.state.to_string();
                 (lab(e, &format!(",state=\"{state}\"")), 1.0)
             })
             .collect(),

@@ -75,7 +75,7 @@ pub async fn respond(api: &Api, name: &str, original_uri: Option<&str>, as_json:
         StatusCode::SERVICE_UNAVAILABLE,
         as_json,
         name,
-        &crate::state::state_name(e.state),
+        &e.state.to_string(),
         &e.reason_with_last_line(),
     )
 }

@@ -4,7 +4,7 @@
 
 use super::{Effect, Facts, Internal};
 use crate::plan::Plan;
-use crate::state::{state_name, State};
+use crate::state::State;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -79,7 +79,7 @@ impl Cron {
         if s.is_active() || s == State::Waiting || !deps_ok || f.rt[idx].user_stopped {
             tracing::info!(
                 "{name}: schedule fired but the step is {} (or its dependencies are not ready); skipped this time",
-                state_name(s)
+                s.to_string()
             );
             return None;
         }

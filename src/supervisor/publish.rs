@@ -2,7 +2,7 @@
 //! watch channel (src/status). Reads `Rt`; writes only the channel.
 
 use super::Supervisor;
-use crate::state::{state_name, State};
+use crate::state::State;
 use crate::status::{EntryStatus, Overall, Status};
 use std::sync::Arc;
 
@@ -107,7 +107,7 @@ impl Supervisor {
             .iter()
             .filter(|d| !d.satisfied_by(self.state(d.idx)))
             .map(|d| {
-                let now = state_name(self.state(d.idx));
+                let now = self.state(d.idx).to_string();
                 format!("{} (now {now})", d.label())
             })
             .collect();

@@ -5,7 +5,7 @@
 use super::{facts, Supervisor};
 use crate::control::{Action, Control, Refused};
 use crate::plan::Kind;
-use crate::state::{state_name, RestartHistory, State};
+use crate::state::{RestartHistory, State};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -28,7 +28,7 @@ impl Supervisor {
                 }
                 s => {
                     let why = self.rt[idx].reason.clone();
-                    let _ = reply.send(Err(why.unwrap_or_else(|| state_name(s))));
+                    let _ = reply.send(Err(why.unwrap_or_else(|| s.to_string())));
                 }
             },
             Control::Snapshot { op, name, reply } => {
@@ -91,7 +91,7 @@ impl Supervisor {
                     self.stop_entry(i, far);
                     Ok(Some(format!("stopping {name}")))
                 } else {
-                    Ok(Some(format!("{name} is not running ({})", state_name(s))))
+                    Ok(Some(format!("{name} is not running ({})", s)))
                 }
             }
             Action::Start | Action::Run | Action::Restart => self.act_start(action, i, s),
@@ -109,7 +109,7 @@ impl Supervisor {
             )));
         }
         if action == Action::Start && s.is_active() && s != State::Backoff {
-            return Ok(Some(format!("{name} is already {}", state_name(s))));
+            return Ok(Some(format!("{name} is already {}", s)));
         }
         // A step never runs twice at once: `run` joins the current run's result.
         if kind == Kind::Oneshot && s == State::Running {
@@ -190,11 +190,7 @@ impl Supervisor {
             .iter()
             .find(|d| !d.satisfied_by(self.state(d.idx)))
         {
-            Some(format!(
-                "dependency `{}` is {}",
-                d.name,
-                state_name(self.state(d.idx))
-            ))
+            Some(format!("dependency `{}` is {}", d.name, self.state(d.idx)))
         } else if s == State::Skipped {
             Some(format!("{name} is skipped"))
         } else {
@@ -233,7 +229,7 @@ impl Supervisor {
         let r = match to {
             State::Ready | State::Done | State::Cached => Ok(()),
             State::Backoff | State::Failed => {
-                Err(self.rt[i].reason.clone().unwrap_or_else(|| state_name(to)))
+                Err(self.rt[i].reason.clone().unwrap_or_else(|| to.to_string()))
             }
             State::Stopped if !self.rt[i].restart_after_stop => Err(self.rt[i]
                 .reason

@@ -4,7 +4,7 @@
 
 use super::{facts, Supervisor};
 use crate::plan::Kind;
-use crate::state::{state_name, RestartHistory, State};
+use crate::state::{RestartHistory, State};
 
 impl Supervisor {
     /// Done when nothing runs and nothing more can start (or we are stopping).
@@ -33,7 +33,7 @@ impl Supervisor {
         self.entry(i).after.iter().find_map(|d| {
             let s = self.state(d.idx);
             matches!(s, State::Failed | State::Stopped)
-                .then(|| format!("blocked: dependency `{}` is {}", d.name, state_name(s)))
+                .then(|| format!("blocked: dependency `{}` is {}", d.name, s))
         })
     }
 

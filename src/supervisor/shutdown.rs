@@ -5,7 +5,6 @@
 use super::{Supervisor, SIGNAL_REPEAT_WINDOW};
 use crate::plan::Plan;
 use crate::runner::RunnerCmd;
-use crate::state::state_name;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
@@ -43,7 +42,7 @@ impl Supervisor {
             s += &format!(
                 "  {:<24} {:<9} pid {:<8} restarts {}\n",
                 self.entry(i).name,
-                state_name(self.state(i)),
+                self.state(i).to_string(),
                 pid,
                 self.rt[i].restarts
             );
