@@ -121,25 +121,31 @@ pub fn collect_inputs(cwd: &Path, globs: &[String]) -> io::Result<Vec<(String, [
     Ok(out.into_iter().collect())
 }
 
+/// Calls `f(path relative to cwd, full path)` for every file below `dir`, sorted by name,
+/// following symbolic links; hidden and git-ignored files count like any other.
 fn walk(
     cwd: &Path,
     dir: &Path,
     f: &mut dyn FnMut(String, &Path) -> io::Result<()>,
 ) -> io::Result<()> {
-    let mut names: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    names.sort_by_key(|e| e.file_name());
-    for e in names {
-        let p = e.path();
-        let md = std::fs::metadata(&p)?;
-        if md.is_dir() {
-            walk(cwd, &p, f)?;
-        } else if md.is_file() {
+    let files = ignore::WalkBuilder::new(dir)
+        .standard_filters(false)
+        .follow_links(true)
+        .sort_by_file_name(|a, b| a.cmp(b))
+        .build();
+    for e in files {
+        let e = e.map_err(|e| match e.io_error() {
+            Some(io) => io::Error::new(io.kind(), e.to_string()),
+            None => io::Error::other(e.to_string()),
+        })?;
+        if e.file_type().is_some_and(|t| t.is_file()) {
+            let p = e.path();
             let rel = p
                 .strip_prefix(cwd)
-                .unwrap_or(&p)
+                .unwrap_or(p)
                 .to_string_lossy()
                 .into_owned();
-            f(rel, &p)?;
+            f(rel, p)?;
         }
     }
     Ok(())
@@ -342,6 +348,35 @@ mod tests {
         assert_eq!(edited[1], got[1]);
         // A missing plain input is an error (the caller runs the step uncached).
         assert!(collect_inputs(d.path(), &["nope.sql".to_string()]).is_err());
+    }
+
+    #[test]
+    fn directory_inputs_take_every_file_hidden_ignored_and_linked() {
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path().join("t");
+        std::fs::create_dir_all(t.join(".git")).unwrap();
+        std::fs::create_dir_all(d.path().join("elsewhere")).unwrap();
+        std::fs::write(d.path().join("elsewhere/o.txt"), "o").unwrap();
+        std::fs::write(t.join(".gitignore"), "*.log\n").unwrap();
+        std::fs::write(t.join(".git/HEAD"), "h").unwrap();
+        std::fs::write(t.join("a.log"), "a").unwrap();
+        std::fs::write(t.join("B.txt"), "b").unwrap();
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), t.join("linked")).unwrap();
+        let got = collect_inputs(d.path(), &["t".to_string()]).unwrap();
+        let names: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "t/.git/HEAD",
+                "t/.gitignore",
+                "t/B.txt",
+                "t/a.log",
+                "t/linked/o.txt"
+            ]
+        );
+        // A dangling link below an input directory is an error, like a missing input.
+        std::os::unix::fs::symlink(d.path().join("nope"), t.join("dangling")).unwrap();
+        assert!(collect_inputs(d.path(), &["t".to_string()]).is_err());
     }
 
     #[test]
