@@ -281,8 +281,8 @@ impl Renderer {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::events::Link;
+    use super::*;
 
     fn ev(seq: u64, t_s: f64, name: &str, from: State, to: State, reason: Option<&str>) -> Event {
         Event::State {
