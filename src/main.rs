@@ -36,7 +36,6 @@ mod watch;
 mod watch_actions;
 
 use app::cache_cmd::{CacheOp, SnapshotOp};
-use app::up::LogFormat;
 use app::EXIT_CONFIG;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -71,28 +70,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the process table (the default; as PID 1 it is also the container's init).
-    Up {
-        /// Service output as `name | line` text (colour on a TTY) or JSON lines.
-        #[arg(long, value_enum, default_value = "text")]
-        log_format: LogFormat,
-        /// Run only these entries and their dependencies (repeatable).
-        #[arg(long)]
-        only: Vec<String>,
-        /// Run the table without these entries (repeatable); what depends on them starts anyway.
-        #[arg(long)]
-        without: Vec<String>,
-        /// Ignore cached oneshot results.
-        #[arg(long)]
-        fresh: bool,
-        /// Run only this entry, its dependencies running elsewhere (an exported container):
-        /// their loopback addresses become their service names.
-        #[arg(long, conflicts_with_all = ["only", "without"])]
-        as_service: Option<String>,
-        /// Start-up progress on stderr: a block redrawn in place (tty), lines on change
-        /// (plain), JSON lines (json) or nothing (quiet); auto = tty on a terminal.
-        #[arg(long, value_enum, default_value = "auto")]
-        progress: progress::Mode,
-    },
+    Up(app::up::Options),
     /// Validate the table and print the start plan by levels.
     Check {
         /// Print the plan as JSON.
@@ -202,33 +180,9 @@ fn main() {
         // config::parse reads the active profiles from the environment (one source of truth).
         std::env::set_var("DMP_CONTAINED_PROFILES", cli.profiles.join(","));
     }
-    let cmd = cli.cmd.unwrap_or(Cmd::Up {
-        log_format: LogFormat::Text,
-        only: vec![],
-        without: vec![],
-        fresh: false,
-        as_service: None,
-        progress: progress::Mode::Auto,
-    });
+    let cmd = cli.cmd.unwrap_or(Cmd::Up(app::up::Options::default()));
     let code = match cmd {
-        Cmd::Up {
-            log_format,
-            only,
-            without,
-            fresh,
-            as_service,
-            progress,
-        } => app::up::up(
-            &cli.config,
-            app::up::Options {
-                log_format,
-                only,
-                without,
-                fresh,
-                as_service,
-                progress,
-            },
-        ),
+        Cmd::Up(o) => app::up::up(&cli.config, o),
         Cmd::Check { json, expand } => match expand {
             true => app::check_expand(&cli.config),
             false => app::check(&cli.config, json),
@@ -313,7 +267,7 @@ fn client(cmd: Cmd, config: &std::path::Path, socket: Option<&std::path::Path>) 
             Cmd::Shutdown => cli::shutdown(&c).await,
             Cmd::Reload => cli::reload(&c, EXIT_CONFIG).await,
             Cmd::Wait { names, timeout } => wait::wait(&c, &names, timeout).await,
-            Cmd::Up { .. }
+            Cmd::Up(_)
             | Cmd::Check { .. }
             | Cmd::Cache { .. }
             | Cmd::Export { .. }

@@ -1,7 +1,7 @@
 //! The commands that work without a running supervisor, and the wiring of the one that is
 //! the supervisor: `up` (`up`: load, select, render templates, bind, start the loop, the API
-//! and the progress thread), its stderr logging (`logging`), template rendering
-//! (`templates`), `check`, and `cache` / `snapshot ls|rm` on the cache dir (`cache_cmd`).
+//! and the progress thread), its stderr logging (`logging`), `check`, and `cache` /
+//! `snapshot ls|rm` on the cache dir (`cache_cmd`).
 //!
 //! Owns only start-up and these local commands. It may not touch lifecycle state (that is
 //! the loop's, src/supervisor.rs) nor talk to a running supervisor (that is src/cli.rs and
@@ -9,7 +9,6 @@
 
 pub mod cache_cmd;
 mod logging;
-mod templates;
 pub mod up;
 
 use std::path::Path;

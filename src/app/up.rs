@@ -15,13 +15,42 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// The `up` command line.
+#[derive(clap::Args)]
 pub struct Options {
+    /// Service output as `name | line` text (colour on a TTY) or JSON lines.
+    #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Run only these entries and their dependencies (repeatable).
+    #[arg(long)]
     pub only: Vec<String>,
+    /// Run the table without these entries (repeatable); what depends on them starts anyway.
+    #[arg(long)]
     pub without: Vec<String>,
+    /// Ignore cached oneshot results.
+    #[arg(long)]
     pub fresh: bool,
+    /// Run only this entry, its dependencies running elsewhere (an exported container):
+    /// their loopback addresses become their service names.
+    #[arg(long, conflicts_with_all = ["only", "without"])]
     pub as_service: Option<String>,
+    /// Start-up progress on stderr: a block redrawn in place (tty), lines on change
+    /// (plain), JSON lines (json) or nothing (quiet); auto = tty on a terminal.
+    #[arg(long, value_enum, default_value = "auto")]
     pub progress: Mode,
+}
+
+/// `up` with no flags (the command line without a subcommand).
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            log_format: LogFormat::Text,
+            only: vec![],
+            without: vec![],
+            fresh: false,
+            as_service: None,
+            progress: Mode::Auto,
+        }
+    }
 }
 
 /// Named timer: how long the exit waits for queued service output to reach stdout.
@@ -101,8 +130,25 @@ fn load_selected(config: &Path, o: &Options) -> Result<(Plan, reload::Loader), i
         eprintln!("error: {e}");
         EXIT_CONFIG
     })?;
-    super::templates::render_all(&plan.templates, &plan.vars, &rewriter)?;
+    render_templates(&plan, &rewriter)?;
     Ok((plan, loader))
+}
+
+/// Every `[[template]]` rendered (as a reload renders them) and written atomically to its
+/// `dest`; the first failure is printed and ends `up` (exit code 2).
+fn render_templates(plan: &Plan, rewriter: &Rewriter) -> Result<(), i32> {
+    for t in &plan.templates {
+        let written = reload::render_template(t, &plan.vars, rewriter).and_then(|text| {
+            // Atomic: a service re-reading its config never sees half a file.
+            crate::cache::write_atomic(&t.dest, text.as_bytes())
+                .map_err(|e| format!("{}: {}: {e}", t.src.display(), t.dest.display()))
+        });
+        if let Err(e) = written {
+            eprintln!("error: template {e}");
+            return Err(EXIT_CONFIG);
+        }
+    }
+    Ok(())
 }
 
 /// What the runtime part of `up` starts from.
