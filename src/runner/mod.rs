@@ -47,7 +47,7 @@ pub enum EventKind {
     /// A requested stop has completed (the group is empty).
     StopDone,
     /// The runner task panicked: the entry's processes were killed, and a new runner
-    /// listens on `cmds` (src/runner.rs `spawn_supervised`).
+    /// listens on `cmds` (`spawn_supervised` below).
     Lost {
         reason: String,
         cmds: mpsc::UnboundedSender<RunnerCmd>,
