@@ -5,6 +5,7 @@
 //! (over its Unix socket) or works on the table alone (`check`).
 
 mod api;
+mod app;
 mod cache;
 mod cli;
 mod config;
@@ -32,12 +33,10 @@ mod trim;
 mod wait;
 mod watch;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use app::cache_cmd::{CacheOp, SnapshotOp};
+use app::EXIT_CONFIG;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use std::sync::Arc;
-
-/// Exit code for an invalid process table or bad usage.
-const EXIT_CONFIG: i32 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -66,37 +65,10 @@ struct Cli {
     cmd: Option<Cmd>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the process table (the default; as PID 1 it is also the container's init).
-    Up {
-        /// Service output as `name | line` text (colour on a TTY) or JSON lines.
-        #[arg(long, value_enum, default_value = "text")]
-        log_format: LogFormat,
-        /// Run only these entries and their dependencies (repeatable).
-        #[arg(long)]
-        only: Vec<String>,
-        /// Run the table without these entries (repeatable); what depends on them starts anyway.
-        #[arg(long)]
-        without: Vec<String>,
-        /// Ignore cached oneshot results.
-        #[arg(long)]
-        fresh: bool,
-        /// Run only this entry, its dependencies running elsewhere (an exported container):
-        /// their loopback addresses become their service names.
-        #[arg(long, conflicts_with_all = ["only", "without"])]
-        as_service: Option<String>,
-        /// Start-up progress on stderr: a block redrawn in place (tty), lines on change
-        /// (plain), JSON lines (json) or nothing (quiet); auto = tty on a terminal.
-        #[arg(long, value_enum, default_value = "auto")]
-        progress: progress::Mode,
-    },
+    Up(app::up::Options),
     /// Validate the table and print the start plan by levels.
     Check {
         /// Print the plan as JSON.
@@ -195,26 +167,6 @@ enum Cmd {
     Probe(export::probe_cmd::ProbeArgs),
 }
 
-#[derive(Subcommand)]
-enum CacheOp {
-    /// List cache records and chain snapshots.
-    Ls,
-    /// Remove the records of STEP (or every record and chain snapshot).
-    Clear { step: Option<String> },
-}
-
-#[derive(Subcommand)]
-enum SnapshotOp {
-    /// Stop the services with a `data_dir` (and their dependents), copy, start again.
-    Save { name: String },
-    /// Stop them, replace their data with snapshot NAME, start again.
-    Restore { name: String },
-    /// List named snapshots (works on `cache_dir` directly).
-    Ls,
-    /// Remove a named snapshot (works on `cache_dir` directly).
-    Rm { name: String },
-}
-
 fn main() {
     // The init shim runs before any parsing, so PID 1 touches as little memory as possible;
     // the supervisor child parses (and reports usage errors, exit 2, passed through).
@@ -226,44 +178,22 @@ fn main() {
         // config::parse reads the active profiles from the environment (one source of truth).
         std::env::set_var("DMP_CONTAINED_PROFILES", cli.profiles.join(","));
     }
-    let cmd = cli.cmd.unwrap_or(Cmd::Up {
-        log_format: LogFormat::Text,
-        only: vec![],
-        without: vec![],
-        fresh: false,
-        as_service: None,
-        progress: progress::Mode::Auto,
-    });
+    let cmd = cli.cmd.unwrap_or(Cmd::Up(app::up::Options::default()));
     let code = match cmd {
-        Cmd::Up {
-            log_format,
-            only,
-            without,
-            fresh,
-            as_service,
-            progress,
-        } => up(
-            &cli.config,
-            log_format,
-            &only,
-            &without,
-            fresh,
-            as_service.as_deref(),
-            progress,
-        ),
+        Cmd::Up(o) => app::up::up(&cli.config, o),
         Cmd::Check { json, expand } => match expand {
-            true => check_expand(&cli.config),
-            false => check(&cli.config, json),
+            true => app::check_expand(&cli.config),
+            false => app::check(&cli.config, json),
         },
-        Cmd::Export { target } => match load(&cli.config) {
+        Cmd::Export { target } => match app::load(&cli.config) {
             Ok(p) => export::run(&p, target, &invocation()),
             Err(c) => c,
         },
         Cmd::Probe(a) => export::probe_cmd::run(a),
-        Cmd::Cache { op } => cache_cmd(&cli.config, op),
+        Cmd::Cache { op } => app::cache_cmd::cache(&cli.config, op),
         Cmd::Snapshot {
             op: op @ (SnapshotOp::Ls | SnapshotOp::Rm { .. }),
-        } => snapshot_local(&cli.config, op),
+        } => app::cache_cmd::snapshot(&cli.config, op),
         other => client(other, &cli.config, cli.socket.as_deref()),
     };
     std::process::exit(code);
@@ -292,394 +222,10 @@ const CLIENT_SUBCOMMANDS: &[&str] = &[
     "cache", "snapshot", "shutdown", "reload", "wait", "export", "probe", "help",
 ];
 
-fn load(config: &std::path::Path) -> Result<plan::Plan, i32> {
-    let environ = std::env::vars().collect();
-    config::load(config, &environ).map_err(|e| {
-        eprintln!("{e}");
-        EXIT_CONFIG
-    })
-}
-
 /// This command line, for the header of generated files.
 fn invocation() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     format!("dmp-contained {}", args.join(" "))
-}
-
-/// `check --expand`: the table with its presets expanded, after validating it.
-fn check_expand(config: &std::path::Path) -> i32 {
-    if let Err(c) = load(config) {
-        return c;
-    }
-    let src = std::fs::read_to_string(config).unwrap_or_default();
-    if !config::preset::uses_presets(&src) {
-        print!("{src}");
-        return 0;
-    }
-    match config::preset::expand(config, &src) {
-        Ok(x) => {
-            println!("# {} with its presets expanded", config.display());
-            print!("{}", x.text);
-            0
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            EXIT_CONFIG
-        }
-    }
-}
-
-fn check(config: &std::path::Path, json: bool) -> i32 {
-    match load(config) {
-        Ok(p) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
-            } else {
-                print!("{}", p.describe());
-                println!("ok");
-            }
-            0
-        }
-        Err(c) => c,
-    }
-}
-
-/// The supervisor's own events on stderr. `DMP_CONTAINED_LOG` = error | warn | info (default) |
-/// debug | trace.
-/// The supervisor's own messages go to stderr through a thread of their own (lossy when
-/// stderr is stuck, like service output), redacted; the guard flushes them at exit.
-fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    use tracing_subscriber::filter::LevelFilter;
-    let level = std::env::var("DMP_CONTAINED_LOG")
-        .ok()
-        .and_then(|l| l.trim().parse::<LevelFilter>().ok())
-        .unwrap_or(LevelFilter::INFO);
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(STDERR_QUEUE)
-        .thread_name("stderr")
-        .finish(redact::Writer(std::io::stderr()));
-    let b = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(writer)
-        .with_target(false);
-    match format {
-        LogFormat::Json => b.json().init(),
-        LogFormat::Text => b.with_ansi(nix::unistd::isatty(2).unwrap_or(false)).init(),
-    }
-    guard
-}
-
-/// Lines of the supervisor's own messages that may wait for stderr (then they are dropped).
-/// Every slot is allocated and touched up front, so the queue is kept small.
-const STDERR_QUEUE: usize = 512;
-
-fn tty(fd: i32) -> bool {
-    nix::unistd::isatty(fd).unwrap_or(false)
-}
-
-/// TTY progress: the supervisor's own lines go above the block; only warnings by default
-/// (the block shows what `info` would), unless `DMP_CONTAINED_LOG` asks for more. Redacted and
-/// through a thread of their own, like `init_tracing`.
-fn init_tracing_tty(term: Arc<progress::Terminal>) -> tracing_appender::non_blocking::WorkerGuard {
-    use tracing_subscriber::filter::LevelFilter;
-    let level = std::env::var("DMP_CONTAINED_LOG")
-        .ok()
-        .and_then(|l| l.trim().parse::<LevelFilter>().ok())
-        .unwrap_or(LevelFilter::WARN);
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(STDERR_QUEUE)
-        .thread_name("stderr")
-        .finish(redact::Writer(progress::TtySink(term)));
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(writer)
-        .with_target(false)
-        .with_ansi(true)
-        .init();
-    guard
-}
-
-fn cache_dir(config: &std::path::Path) -> Result<PathBuf, i32> {
-    load(config).map(|p| p.settings.cache_dir)
-}
-
-fn cache_cmd(config: &std::path::Path, op: CacheOp) -> i32 {
-    let dir = match cache_dir(config) {
-        Ok(d) => d,
-        Err(c) => return c,
-    };
-    match op {
-        CacheOp::Ls => {
-            let recs = cache::list_records(&dir);
-            println!("cache dir {}", dir.display());
-            println!("{:<28} {:<16} {:>9}  recorded", "STEP", "KEY", "TOOK(s)");
-            for r in &recs {
-                println!(
-                    "{:<28} {:<16} {:>9.2}  {}",
-                    r.step,
-                    &r.key[..r.key.len().min(16)],
-                    r.duration_s,
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.at_ms)
-                    )
-                );
-            }
-            for (path, why) in cache::list_corrupt(&dir) {
-                println!(
-                    "corrupt {} (a miss: the step runs again): {why}",
-                    path.display()
-                );
-            }
-            for (svc, key, bytes) in cache::list_chain_snapshots(&dir) {
-                println!(
-                    "snapshot {svc:<19} {:<16} {:>9.1} MB",
-                    &key[..key.len().min(16)],
-                    bytes as f64 / 1e6
-                );
-            }
-            0
-        }
-        CacheOp::Clear { step } => match cache::clear(&dir, step.as_deref()) {
-            Ok(n) => {
-                println!(
-                    "removed {n} record(s){}",
-                    if step.is_none() {
-                        " and every chain snapshot"
-                    } else {
-                        ""
-                    }
-                );
-                0
-            }
-            Err(e) => {
-                eprintln!("error: {}: {e}", dir.display());
-                1
-            }
-        },
-    }
-}
-
-fn snapshot_local(config: &std::path::Path, op: SnapshotOp) -> i32 {
-    let dir = match cache_dir(config) {
-        Ok(d) => d,
-        Err(c) => return c,
-    };
-    match op {
-        SnapshotOp::Rm { name } => match cache::remove_named(&dir, &name) {
-            Ok(true) => {
-                println!("removed snapshot `{name}`");
-                0
-            }
-            Ok(false) => {
-                eprintln!("error: no snapshot `{name}`");
-                cli::EXIT_UNKNOWN
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                1
-            }
-        },
-        _ => {
-            println!("{:<24} {:>10}  services", "NAME", "SIZE(MB)");
-            for (n, svcs, bytes) in cache::list_named(&dir) {
-                println!("{n:<24} {:>10.1}  {}", bytes as f64 / 1e6, svcs.join(", "));
-            }
-            0
-        }
-    }
-}
-
-fn up(
-    config: &std::path::Path,
-    format: LogFormat,
-    only: &[String],
-    without: &[String],
-    fresh: bool,
-    as_service: Option<&str>,
-    progress: progress::Mode,
-) -> i32 {
-    trim::tune_malloc();
-    let progress = match progress {
-        progress::Mode::Auto if tty(1) && tty(2) => progress::Mode::Tty,
-        progress::Mode::Auto => progress::Mode::Plain,
-        m => m,
-    };
-    let term = (progress == progress::Mode::Tty)
-        .then(|| progress::Terminal::new(Box::new(std::io::stdout())));
-    // Dropped when `up` returns: flushes what is queued (bounded wait) before the exit.
-    let _stderr = match &term {
-        Some(t) => init_tracing_tty(t.clone()),
-        None => init_tracing(format),
-    };
-    let plan = match load(config) {
-        Ok(p) => p,
-        Err(c) => return c,
-    };
-    let select = {
-        let (only, without) = (only.to_vec(), without.to_vec());
-        let as_service = as_service.map(String::from);
-        move |plan: plan::Plan| match &as_service {
-            Some(name) => export::as_service(plan, name),
-            None => plan
-                .select(&only, &without)
-                .map(|p| (p, Default::default())),
-        }
-    };
-    let selected = select(plan);
-    // A reload loads the table exactly like this (same environment, profiles, selection).
-    let loader: reload::Loader = {
-        let config = config.to_path_buf();
-        Box::new(move || {
-            let environ = std::env::vars().collect();
-            let plan = config::load(&config, &environ)
-                .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-            let (plan, rewriter) = select(plan).map_err(|e| vec![e])?;
-            Ok(reload::Loaded { plan, rewriter })
-        })
-    };
-    let (plan, rewriter) = match selected {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_CONFIG;
-        }
-    };
-    for t in &plan.templates {
-        if let Err(e) = render_template(t, &plan.vars, &rewriter) {
-            eprintln!("error: template {}: {e}", t.src.display());
-            return EXIT_CONFIG;
-        }
-    }
-    let out_format = match format {
-        LogFormat::Json => logs::Format::Json,
-        LogFormat::Text => logs::Format::Text {
-            color: nix::unistd::isatty(1).unwrap_or(false),
-        },
-    };
-    let nofile = api::raise_nofile();
-    tracing::debug!("open-file limit {nofile}");
-    // One thread: the work is I/O-bound, and log capture is faster without cross-thread wake-ups.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(async move {
-        let token = api::load_token(&plan.settings.token_env);
-        redact::install(&plan, token.as_deref());
-        let listen = plan.settings.api_listen.clone();
-        let socket = plan.settings.socket.clone();
-        let tcp = match tokio::net::TcpListener::bind(&listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("error: cannot listen on {listen} for the control API: {e}");
-                return 1;
-            }
-        };
-        let unix = match api::bind_socket(&socket) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!(
-                    "error: cannot bind control socket {}: {e}",
-                    socket.display()
-                );
-                return 1;
-            }
-        };
-        tracing::info!(
-            "control API on http://{} ({}), socket {}",
-            tcp.local_addr().map(|a| a.to_string()).unwrap_or(listen),
-            if token.is_some() {
-                "mutations with bearer token"
-            } else {
-                "read-only"
-            },
-            socket.display()
-        );
-        let out = match &term {
-            Some(t) => logs::Output::spawn(out_format, Box::new(progress::TtySink(t.clone()))),
-            None => logs::Output::stdout(out_format),
-        };
-        let url = format!(
-            "http://{}{}/",
-            tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            api::PREFIX
-        );
-        let log_files = plan.settings.log_dir.clone();
-        let (mut sup, shared) = supervisor::Supervisor::new(plan, out.clone());
-        if let Some(dir) = log_files {
-            let view = shared.view();
-            let s = &view.plan.settings;
-            for log in &view.logs {
-                match logfile::LogFile::open(&dir, &log.name, s.log_max_size, s.log_max_files) {
-                    Ok(f) => {
-                        let _ = log.file.set(f);
-                    }
-                    Err(e) => {
-                        eprintln!("error: log_dir {}: {e}", dir.display());
-                        return EXIT_CONFIG;
-                    }
-                }
-            }
-        }
-        sup.set_fresh(fresh);
-        sup.set_loader(loader);
-        sup.set_ready_url(url);
-        let renderer = progress::Renderer::new(
-            progress,
-            shared
-                .plan()
-                .entries
-                .iter()
-                .map(|e| {
-                    (
-                        e.name.clone(),
-                        !e.optional,
-                        e.after.iter().map(|d| d.idx).collect(),
-                    )
-                })
-                .collect(),
-        );
-        // On a thread of its own: its writes to stderr / the terminal block when nobody reads
-        // them, and must never stall the control loop (it lags and catches up instead).
-        let events = shared.events.subscribe();
-        let started = std::time::Instant::now();
-        let progress_rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("progress runtime");
-        std::thread::Builder::new()
-            .name("progress".into())
-            .spawn(move || progress_rt.block_on(progress::run(renderer, events, started, term)))
-            .expect("spawn the progress thread");
-        tokio::spawn(trim::when_idle(shared.events.subscribe()));
-        let api = Arc::new(api::Api::new(shared, token));
-        tokio::spawn(api::serve_tcp(api.clone(), tcp));
-        tokio::spawn(api::serve_unix(api, unix));
-        let code = sup.run().await;
-        let _ = std::fs::remove_file(&socket);
-        // A stdout nobody reads must not hold up the exit: what is still queued after this
-        // is lost (it is counted in status while running).
-        if !out.flush(OUTPUT_FLUSH) {
-            tracing::warn!("stdout is not being read; exiting with output still queued");
-        }
-        code
-    })
-}
-
-/// Named timer: how long the exit waits for queued service output to reach stdout.
-const OUTPUT_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
-
-fn render_template(
-    t: &plan::Template,
-    vars: &std::collections::BTreeMap<String, String>,
-    rewriter: &export::rewrite::Rewriter,
-) -> Result<(), String> {
-    let src = std::fs::read_to_string(&t.src).map_err(|e| e.to_string())?;
-    let out = rewriter.apply(&interp::expand(&src, &|n| vars.get(n).cloned())?);
-    // Atomic: a service re-reading its config never sees half a file.
-    cache::write_atomic(&t.dest, out.as_bytes()).map_err(|e| format!("{}: {e}", t.dest.display()))
 }
 
 fn client(cmd: Cmd, config: &std::path::Path, socket: Option<&std::path::Path>) -> i32 {
@@ -719,7 +265,7 @@ fn client(cmd: Cmd, config: &std::path::Path, socket: Option<&std::path::Path>) 
             Cmd::Shutdown => cli::shutdown(&c).await,
             Cmd::Reload => cli::reload(&c, EXIT_CONFIG).await,
             Cmd::Wait { names, timeout } => wait::wait(&c, &names, timeout).await,
-            Cmd::Up { .. }
+            Cmd::Up(_)
             | Cmd::Check { .. }
             | Cmd::Cache { .. }
             | Cmd::Export { .. }

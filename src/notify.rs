@@ -117,11 +117,7 @@ impl Drop for Notify {
 
 /// Waits for a line matching `pattern` on `rx` (subscribed before the process started), at
 /// most `limit`.
-pub async fn wait_log(
-    mut rx: broadcast::Receiver<Batch>,
-    pattern: &str,
-    limit: Duration,
-) -> Result<(), String> {
+pub async fn wait_log(mut rx: LogRx, pattern: &str, limit: Duration) -> Result<(), String> {
     let re = regex::Regex::new(pattern).map_err(|e| format!("log pattern: {e}"))?;
     let wait = async {
         loop {
@@ -147,7 +143,10 @@ pub async fn wait_log(
     })
 }
 
+/// An entry's output, as `ready = { log = … }` reads it.
+pub type LogRx = broadcast::Receiver<Batch>;
+
 /// The subscription a `log` readiness needs, taken before the process starts.
-pub fn subscribe(log: &Arc<EntryLog>) -> broadcast::Receiver<Batch> {
+pub fn subscribe(log: &Arc<EntryLog>) -> LogRx {
     log.follow(0).1
 }

@@ -1,6 +1,11 @@
 //! One task per entry owns its `Child`: spawns it on command, runs its probes, reports
 //! events, and stops its process group completely. It makes no lifecycle decisions: those
-//! belong to the supervisor (commands in, events out).
+//! belong to the supervisor (commands in, events out); it may not touch lifecycle state.
+//! `checks` holds what is watched while a process runs (readiness, liveness, progress notes).
+
+mod checks;
+
+use checks::{liveness, ready, tick};
 
 use crate::logs::{pump, EntryLog, Output, Stream};
 use crate::plan::{Entry, Kind, ProbeKind};
@@ -42,7 +47,7 @@ pub enum EventKind {
     /// A requested stop has completed (the group is empty).
     StopDone,
     /// The runner task panicked: the entry's processes were killed, and a new runner
-    /// listens on `cmds` (src/runner.rs `spawn_supervised`).
+    /// listens on `cmds` (`spawn_supervised` below).
     Lost {
         reason: String,
         cmds: mpsc::UnboundedSender<RunnerCmd>,
@@ -150,30 +155,38 @@ impl Runner {
         }
     }
 
+    /// One run of the entry: spawn it, watch it until it ends, report its exit.
     async fn run_once(&mut self) {
-        if let Err(e) = process::check_ports(&self.entry) {
-            self.send(EventKind::SpawnFailed(e));
+        let Some(mut run) = self.spawn().await else {
             return;
+        };
+        let (exit, cause, stop_requested) = self.watch(&mut run).await;
+        self.finish(run, exit, cause, stop_requested).await;
+    }
+
+    /// Ports free, held sockets, a notify socket for `ready = notify`, then the process.
+    /// `None` when something failed (`SpawnFailed` has been sent).
+    async fn spawn(&mut self) -> Option<Run> {
+        let fail = |r: &Self, e: String| {
+            r.send(EventKind::SpawnFailed(e));
+            None
+        };
+        if let Err(e) = process::check_ports(&self.entry) {
+            return fail(self, e);
         }
         let listen = match self.held.fds(&self.entry) {
             Ok(fds) => fds,
-            Err(e) => {
-                self.send(EventKind::SpawnFailed(e));
-                return;
-            }
+            Err(e) => return fail(self, e),
         };
         let kind = self.entry.ready.as_ref().map(|p| &p.kind);
         let notify = match kind {
             Some(ProbeKind::Notify(_)) => match crate::notify::Notify::bind(&self.entry) {
                 Ok(n) => Some(n),
-                Err(e) => {
-                    self.send(EventKind::SpawnFailed(e));
-                    return;
-                }
+                Err(e) => return fail(self, e),
             },
             _ => None,
         };
-        let mut log_rx =
+        let log_rx =
             matches!(kind, Some(ProbeKind::Log(_))).then(|| crate::notify::subscribe(&self.log));
         let watchdog = match kind {
             Some(ProbeKind::Notify(Some(d))) => Some(*d),
@@ -183,13 +196,11 @@ impl Runner {
         if let Some(d) = watchdog {
             extra.push(("WATCHDOG_USEC".into(), d.as_micros().to_string()));
         }
-        let (log, out) = (self.log.clone(), self.out.clone());
         let mut child = match process::spawn(&self.entry, listen, &extra) {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("cannot start `{}`: {e}", self.entry.command.join(" "));
-                self.send(EventKind::SpawnFailed(msg));
-                return;
+                return fail(self, msg);
             }
         };
         let pid = child.id().unwrap_or(0);
@@ -203,42 +214,30 @@ impl Runner {
                 }),
             ];
         self.send(EventKind::Spawned { pid });
+        Some(Run {
+            child,
+            pid,
+            pumps,
+            notify,
+            log_rx,
+            watchdog,
+        })
+    }
 
-        let entry = self.entry.clone();
-        let events = self.events.clone();
-        let idx = self.idx;
-        let report = move |r: &Result<(), String>| {
-            let _ = events.send(Event {
-                idx,
-                kind: EventKind::Probe(r.clone()),
-            });
-        };
-        let report2 = report.clone();
-        let is_longrun = entry.kind == Kind::Longrun;
-        let ready = async {
-            match (&entry.ready, is_longrun) {
-                (Some(p), true) => match (&p.kind, log_rx.take(), &notify) {
-                    (ProbeKind::Log(re), Some(rx), _) => {
-                        crate::notify::wait_log(rx, re, p.start_period).await
-                    }
-                    (ProbeKind::Notify(_), _, Some(n)) => n.ready(p.start_period, &log, &out).await,
-                    _ => crate::probe::wait_ready(p, Some(&entry), report).await,
-                },
-                (None, true) => Ok(()),
-                (_, false) => std::future::pending().await,
-            }
-        };
-        let liveness = async {
-            if let (Some(d), Some(n)) = (watchdog, &notify) {
-                return n.watchdog(d).await;
-            }
-            match &entry.liveness {
-                Some(p) if is_longrun => {
-                    crate::probe::watch_liveness(p, Some(&entry), report2).await
-                }
-                _ => std::future::pending().await,
-            }
-        };
+    /// Until the process ends or is stopped: readiness, liveness, a step's `timeout` and
+    /// progress notes, and commands. Returns its exit, why, and whether a stop was requested.
+    async fn watch(&mut self, run: &mut Run) -> (ExitInfo, Cause, bool) {
+        let (entry, log, out) = (self.entry.clone(), self.log.clone(), self.out.clone());
+        let (child, pid) = (&mut run.child, run.pid);
+        let ready = ready(
+            &entry,
+            run.log_rx.take(),
+            &run.notify,
+            &log,
+            &out,
+            self.reporter(),
+        );
+        let liveness = liveness(&entry, run.watchdog, &run.notify, self.reporter());
         let started = Instant::now();
         let is_step = entry.kind == Kind::Oneshot;
         let timeout = async {
@@ -253,12 +252,11 @@ impl Runner {
             .map(|p| tokio::time::interval_at(started + p, p));
         tokio::pin!(ready, liveness, timeout);
         let mut is_ready = false;
-        let mut stop_requested = false;
-
-        let (exit, cause) = loop {
+        let soon = || Instant::now() + entry.stop_timeout;
+        loop {
             tokio::select! {
                 st = child.wait() => {
-                    break (st.map(ExitInfo::from_status).unwrap_or_else(|_| unknown_exit()), Cause::Own);
+                    return (st.map(ExitInfo::from_status).unwrap_or_else(|_| unknown_exit()), Cause::Own, false);
                 }
                 r = &mut ready, if !is_ready => {
                     is_ready = true;
@@ -266,56 +264,66 @@ impl Runner {
                         Ok(()) => self.send(EventKind::Ready),
                         Err(e) => {
                             let reason = format!("readiness probe failed: {e}");
-                            let exit = self.stop(&mut child, pid, Instant::now() + entry.stop_timeout).await;
-                            break (exit, Cause::Probe(reason));
+                            return (self.stop(child, pid, soon()).await, Cause::Probe(reason), false);
                         }
                     }
                 }
                 e = &mut liveness, if is_ready => {
                     let reason = format!("liveness probe failed: {e}");
-                    let exit = self.stop(&mut child, pid, Instant::now() + entry.stop_timeout).await;
-                    break (exit, Cause::Probe(reason));
+                    return (self.stop(child, pid, soon()).await, Cause::Probe(reason), false);
                 }
                 _ = &mut timeout => {
                     let t = entry.timeout.unwrap_or_default().as_secs_f64();
                     let reason = format!("timed out after {t} s (the step's `timeout`); killed");
-                    let exit = self.stop(&mut child, pid, Instant::now() + entry.stop_timeout).await;
-                    break (exit, Cause::Probe(reason));
+                    return (self.stop(child, pid, soon()).await, Cause::Probe(reason), false);
                 }
                 _ = tick(progress.as_mut()) => self.note_progress(started),
                 cmd = self.cmds.recv() => match cmd {
                     Some(RunnerCmd::Stop { deadline }) => {
-                        let exit = self.stop(&mut child, pid, deadline).await;
-                        stop_requested = true;
-                        break (exit, Cause::Stopped);
+                        return (self.stop(child, pid, deadline).await, Cause::Stopped, true);
                     }
                     Some(RunnerCmd::Kill) => process::signal_group(pid, Signal::SIGKILL),
                     Some(RunnerCmd::Start | RunnerCmd::Release) => {}
-                    None => {
-                        let exit = self.stop(&mut child, pid, Instant::now() + entry.stop_timeout).await;
-                        break (exit, Cause::Stopped);
-                    }
+                    None => return (self.stop(child, pid, soon()).await, Cause::Stopped, false),
                 },
             }
-        };
+        }
+    }
+
+    /// Probe results go to the loop as `Probe` events.
+    fn reporter(&self) -> impl Fn(&Result<(), String>) + Clone {
+        let (events, idx) = (self.events.clone(), self.idx);
+        move |r: &Result<(), String>| {
+            let _ = events.send(Event {
+                idx,
+                kind: EventKind::Probe(r.clone()),
+            });
+        }
+    }
+
+    /// After the leader's exit: the rest of its processes killed, the output flushed, a
+    /// step's declared outputs checked, then `Exited` (and `StopDone` for a requested stop).
+    async fn finish(&mut self, run: Run, exit: ExitInfo, cause: Cause, stop_requested: bool) {
+        let entry = self.entry.clone();
         // Nothing the entry started may outlive its leader (nginx workers, forked helpers,
         // daemons that left the group, Postgres children keeping its shared memory): all
         // gone before `Exited` is reported, so before any restart.
         let n = process::stop_members(
             &self.marker,
-            Some(pid),
+            Some(run.pid),
             process::shim_pid(),
             Signal::SIGKILL,
             Instant::now(),
         )
         .await;
         if n > 0 {
-            tracing::info!("{}: killed {n} leftover process(es)", self.entry.name);
+            tracing::info!("{}: killed {n} leftover process(es)", entry.name);
         }
         // Let the pumps flush the last lines, bounded: a leaked pipe must not block us.
-        for p in pumps.into_iter().flatten() {
+        for p in run.pumps.into_iter().flatten() {
             let _ = tokio::time::timeout(Duration::from_millis(500), p).await;
         }
+        let is_step = entry.kind == Kind::Oneshot;
         let cause = match (&cause, &entry.cache) {
             (Cause::Own, Some(c)) if is_step && exit.success() => {
                 let problems: Vec<String> = c
@@ -335,29 +343,6 @@ impl Runner {
         if stop_requested {
             self.send(EventKind::StopDone);
         }
-    }
-
-    /// A step still running after `progress`: say for how long, and what it printed last.
-    fn note_progress(&self, started: Instant) {
-        let secs = started.elapsed().as_secs();
-        let last = self
-            .log
-            .tail(50)
-            .into_iter()
-            .rev()
-            .find(|l| !l.text.starts_with("[dmp-contained]"));
-        let what = match last {
-            Some(l) => {
-                let ago = crate::logs::now_ms().saturating_sub(l.ts) / 1000;
-                let text: String = l.text.chars().take(160).collect();
-                format!("last output {ago} s ago: {text}")
-            }
-            None => format!("no output yet from `{}`", self.entry.command.join(" ")),
-        };
-        self.log.note(
-            &self.out,
-            format!("[dmp-contained] still running after {secs} s; {what}"),
-        );
     }
 
     /// Stop signal to the group, wait for the leader until `deadline`, then SIGKILL; a
@@ -399,14 +384,14 @@ impl Runner {
     }
 }
 
-/// The next tick of an optional interval (never, without one).
-async fn tick(i: Option<&mut tokio::time::Interval>) {
-    match i {
-        Some(i) => {
-            i.tick().await;
-        }
-        None => std::future::pending().await,
-    }
+/// A spawned process and what its probes need.
+struct Run {
+    child: tokio::process::Child,
+    pid: u32,
+    pumps: [Option<tokio::task::JoinHandle<()>>; 2],
+    notify: Option<crate::notify::Notify>,
+    log_rx: Option<crate::notify::LogRx>,
+    watchdog: Option<Duration>,
 }
 
 fn unknown_exit() -> ExitInfo {

@@ -1,0 +1,58 @@
+//! The file primitives the cache is built on: safe path components, atomic durable writes,
+//! and removal that treats "already gone" as done.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// A name as one path component: anything but `[A-Za-z0-9-_.]` becomes `_`.
+pub(super) fn safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A dot-named temporary path in `dir` (left out of every listing), unique to this write.
+pub(super) fn tmp_path(dir: &Path) -> PathBuf {
+    dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        crate::logs::now_ms()
+    ))
+}
+
+/// Writes `bytes` to `path` atomically and durably: temp file in the same dir, fsync,
+/// rename, fsync of the directory. A crash leaves the old file or the new one, never half.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = tmp_path(dir);
+    let r = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// `rm -rf`, where a missing path is not an error.
+pub(super) fn remove_all(p: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
