@@ -108,14 +108,9 @@ impl State {
     }
 }
 
-/// `State::as_str` as an owned string.
-pub fn state_name(s: State) -> String {
-    s.as_str().to_string()
-}
-
 impl std::fmt::Display for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -201,6 +196,12 @@ impl crate::plan::Dep {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_is_the_name_and_honours_width() {
+        assert_eq!(State::Backoff.to_string(), "backoff");
+        assert_eq!(format!("[{:<9}]", State::Ready), "[ready    ]");
+    }
 
     #[test]
     fn names_are_the_serialized_names() {

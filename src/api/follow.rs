@@ -65,7 +65,7 @@ impl Api {
         stream_response(ctype, body_rx)
     }
 
-    /// `GET /_supervisor/events`: state changes as NDJSON, from now on (src/progress.rs).
+    /// `GET /_supervisor/events`: state changes as NDJSON, from now on (src/progress/).
     pub(super) fn events(&self) -> Resp {
         let rx = self.shared.events.subscribe();
         let (tx, body_rx) = mpsc::channel::<Bytes>(64);

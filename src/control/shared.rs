@@ -13,7 +13,7 @@ pub struct Shared {
     /// Swapped as a whole by a config reload (src/reload.rs); readers take a snapshot.
     view: std::sync::RwLock<Arc<View>>,
     pub control: mpsc::Sender<Control>,
-    /// State changes as they happen (src/progress.rs; `GET /_supervisor/events`).
+    /// State changes as they happen (src/progress/; `GET /_supervisor/events`).
     pub events: tokio::sync::broadcast::Sender<crate::progress::Event>,
     /// The latest status, published by the loop after every step (src/status/).
     pub status: tokio::sync::watch::Receiver<Arc<Status>>,

@@ -141,11 +141,7 @@ impl Renderer {
                 ..
             } => {
                 let (ready, total) = self.counts();
-                let mut s = format!(
-                    "[{ready}/{total}] {:>6} {name}: {}",
-                    secs(*t_s),
-                    crate::state::state_name(*to)
-                );
+                let mut s = format!("[{ready}/{total}] {:>6} {name}: {}", secs(*t_s), to);
                 if let Some(r) = reason {
                     let _ = write!(s, " ({r})");
                 }
@@ -189,7 +185,7 @@ impl Renderer {
                     "waiting: {} ← {} ({}, {})",
                     r.name,
                     b.name,
-                    crate::state::state_name(b.state),
+                    b.state,
                     secs(waited)
                 ),
                 None => format!("waiting: {} ({})", r.name, secs(waited)),
@@ -217,7 +213,7 @@ impl Renderer {
             let mut line = format!(
                 " {mark} {:<width$}  {:<8} {:>6}",
                 r.name,
-                crate::state::state_name(r.state),
+                r.state.to_string(),
                 secs(if r.state.is_active() || r.state == State::Waiting {
                     (now_s - r.since_s).max(0.0)
                 } else {
@@ -228,12 +224,7 @@ impl Renderer {
                 if let Some(b) =
                     self.blocker(self.rows.iter().position(|x| x.name == r.name).unwrap_or(0))
                 {
-                    let _ = write!(
-                        line,
-                        "  ← {} ({})",
-                        b.name,
-                        crate::state::state_name(b.state)
-                    );
+                    let _ = write!(line, "  ← {} ({})", b.name, b.state);
                 }
             } else if let Some(reason) = &r.reason {
                 let _ = write!(line, "  {reason}");

@@ -191,7 +191,7 @@ pub struct Supervisor {
     reload: reload::ReloadCtl,
 }
 
-/// The loop's side of src/progress.rs: the broadcast and whether the stack was ready yet.
+/// The loop's side of src/progress/: the broadcast and whether the stack was ready yet.
 struct ProgressCtl {
     tx: tokio::sync::broadcast::Sender<crate::progress::Event>,
     seq: u64,

@@ -142,7 +142,7 @@ fn names(plan: &Plan, idx: &[usize]) -> Vec<String> {
 }
 
 impl Supervisor {
-    /// How `reload` loads the table again (src/main.rs: the same file, environment, profiles
+    /// How `reload` loads the table again (src/app/up.rs: the same file, environment, profiles
     /// and selection as start-up). Without one, reloads are refused.
     pub fn set_loader(&mut self, loader: Loader) {
         self.reload.loader = Some(loader);
