@@ -6,7 +6,8 @@
  * Reads stdin in 1 MiB reads until EOF and checks every line of bench/.tools/bin/line-producer:
  * after PREFIX (e.g. "prod | "; lines without it count as unprefixed and are still checked),
  * "L%09d " must carry the next number (else out_of_order), and "END-OF-PRODUCER" stamps
- * CLOCK_MONOTONIC (the same clock as Python's time.monotonic()). At EOF prints one line:
+ * CLOCK_MONOTONIC (the same clock as Python's time.monotonic()) and prints `end_ns=T` at once
+ * (for a tool that does not exit by itself). At EOF prints one more line:
  *   lines=N payload=N prefixed=N out_of_order=N end_ns=T eof_ns=T
  * end_ns is 0 when the marker never came. Build: cc -O2 -o line-sink line-sink.c
  */
@@ -42,6 +43,8 @@ static void line(const char *p, size_t n) {
         next_num = v + 1;
     } else if (n >= 15 && memcmp(p, "END-OF-PRODUCER", 15) == 0 && !end_ns) {
         end_ns = now_ns();
+        printf("end_ns=%lld\n", end_ns);
+        fflush(stdout);
     }
 }
 
