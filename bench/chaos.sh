@@ -9,7 +9,9 @@
 # the resident `[heap]` from /proc/PID/smaps, of every process of this tree's binary whose
 # parent is that binary too (the supervisor under the test's shim). The table gets the first
 # sample after 10 s (all entries up, the chaos started), the maximum, the last, and the slope of
-# a straight-line fit over the run (kB per minute; a leak grows, a flat heap stays near 0).
+# a straight-line fit over the run and over its second half (kB per minute; a leak keeps
+# growing, while rings and allocator caches that fill up flatten out). Raw samples:
+# bench/results-chaos-memory.tsv.
 #
 #   bench/chaos.sh [SECS] [RUNS]      (default 180 s, 1 run; needs root and PostgreSQL 15)
 set -euo pipefail
@@ -19,8 +21,9 @@ RUNS=${2:-1}
 OUT=bench/results-chaos.md
 BIN=$PWD/target/release/dmp-contained
 LINES=$(mktemp /tmp/chaos-bench.XXXXXX)
-MEM=$(mktemp /tmp/chaos-mem.XXXXXX)
-trap 'rm -f "$LINES" "$MEM"' EXIT
+MEM=bench/results-chaos-memory.tsv   # the raw samples: run, s, pid, rss, pss, anon, heap (kB)
+: >"$MEM"
+trap 'rm -f "$LINES"' EXIT
 export PATH=/usr/lib/postgresql/15/bin:$PATH
 
 # Samples `run secs pid rss pss anon heap` (kB) once a second until killed.
@@ -92,11 +95,14 @@ for run, pids in runs_mem.items():
     s = max(pids.values(), key=len)
     s0 = [x for x in s if x[0] >= s[0][0] + 10] or s
     ts = [x[0] for x in s0]
+    half = len(s0) // 2
     for i, name in ((1, "rss"), (2, "pss"), (3, "anon"), (4, "heap")):
         v = [x[i] for x in s0]
-        slope = statistics.linear_regression(ts, v).slope * 60 if len(set(ts)) > 1 else 0.0
+        def slope(ts, v):
+            return statistics.linear_regression(ts, v).slope * 60 if len(set(ts)) > 1 else 0.0
         for k, x in ((f"{name}_kb_first", v[0]), (f"{name}_kb_max", max(v)),
-                     (f"{name}_kb_last", v[-1]), (f"{name}_kb_per_min", round(slope, 1))):
+                     (f"{name}_kb_last", v[-1]), (f"{name}_kb_per_min", round(slope(ts, v), 1)),
+                     (f"{name}_kb_per_min_2nd_half", round(slope(ts[half:], v[half:]), 1))):
             per.setdefault(k, []).append(x)
     per.setdefault("memory_samples", []).append(len(s0))
 for k, v in per.items():

@@ -106,8 +106,51 @@ impl Chunk {
         (0..self.len()).map(|i| self.line(i))
     }
 
+    /// Appends lines from `i` on as output until `buf` holds `limit` bytes or the chunk ends;
+    /// returns the next line's index. Plain text takes one copy of the prefix and one of the
+    /// line each (the writer thread's hot loop).
+    pub fn format_lines(
+        &self,
+        buf: &mut Vec<u8>,
+        mut i: usize,
+        limit: usize,
+        format: Format,
+        color: u8,
+    ) -> usize {
+        let mut prefix = [0u8; 64];
+        let plen = self.entry.len() + 3;
+        if format != (Format::Text { color: false }) || plen > prefix.len() {
+            return self.format_lines_slow(buf, i, limit, format, color);
+        }
+        prefix[..plen - 3].copy_from_slice(self.entry.as_bytes());
+        prefix[plen - 3..plen].copy_from_slice(b" | ");
+        while i < self.len() && buf.len() < limit {
+            let (start, end) = self.spans[i];
+            buf.extend_from_slice(&prefix[..plen]);
+            buf.extend_from_slice(&self.text.as_bytes()[start as usize..end as usize]);
+            buf.push(b'\n');
+            i += 1;
+        }
+        i
+    }
+
+    fn format_lines_slow(
+        &self,
+        buf: &mut Vec<u8>,
+        mut i: usize,
+        limit: usize,
+        format: Format,
+        color: u8,
+    ) -> usize {
+        while i < self.len() && buf.len() < limit {
+            self.format_line(buf, i, format, color);
+            i += 1;
+        }
+        i
+    }
+
     /// Appends line `i` as output: `name | text` (coloured) or a JSON object, and a newline.
-    pub fn format_line(&self, buf: &mut Vec<u8>, i: usize, format: Format, color: u8) {
+    fn format_line(&self, buf: &mut Vec<u8>, i: usize, format: Format, color: u8) {
         let text = self.text(i);
         match format {
             Format::Text { color: true } => {
@@ -145,9 +188,7 @@ impl Chunk {
 
     #[cfg(test)]
     pub fn format(&self, buf: &mut Vec<u8>, format: Format, color: u8) {
-        for i in 0..self.len() {
-            self.format_line(buf, i, format, color);
-        }
+        self.format_lines(buf, 0, usize::MAX, format, color);
     }
 
     /// The complete lines of a pipe's bytes (`buf`: the previous read's partial line, then
@@ -312,6 +353,13 @@ mod tests {
         let mut buf = Vec::new();
         c.format(&mut buf, Format::Text { color: false }, 36);
         assert_eq!(buf, b"api | hello\napi | \n");
+        // A name too long for the fast path's prefix buffer.
+        let long = "n".repeat(70);
+        let mut l = Chunk::new(long.as_str().into(), Stream::Stdout);
+        l.push(b"x");
+        let mut lbuf = Vec::new();
+        l.format(&mut lbuf, Format::Text { color: false }, 36);
+        assert_eq!(lbuf, format!("{long} | x\n").into_bytes());
         buf.clear();
         c.format(&mut buf, Format::Json, 36);
         let first: serde_json::Value =

@@ -132,8 +132,9 @@ impl Output {
                 reported = dropped;
             }
             for (chunk, color) in taken.drain(..) {
-                for i in 0..chunk.len() {
-                    chunk.format_line(&mut buf, i, self.format, color);
+                let mut i = 0;
+                while i < chunk.len() {
+                    i = chunk.format_lines(&mut buf, i, WRITE_BATCH, self.format, color);
                     if buf.len() >= WRITE_BATCH {
                         self.write(&mut *sink, &mut buf);
                     }
