@@ -14,7 +14,7 @@ first sample after 15 s (all warm), the max, the last, and the slope of a straig
 the whole run and over its second half, in kB per minute: a leak keeps growing, a warm heap is
 flat. Raw samples: bench/results-heap-chaos.tsv. Needs no root."""
 import argparse, json, os, random, signal, socket, statistics, subprocess, tempfile, threading, time
-import urllib.request
+import http.client, urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ap = argparse.ArgumentParser()
@@ -102,7 +102,7 @@ def follower():
                 end = time.monotonic() + random.uniform(0.2, 2)
                 while time.monotonic() < end and r.read1(4096):
                     pass
-        except OSError:
+        except (OSError, http.client.HTTPException):  # the stream ends when chatty is killed
             time.sleep(0.1)
 
 
@@ -114,7 +114,7 @@ rng = random.Random(16)
 while time.monotonic() - t0 < a.secs:
     now = time.monotonic()
     if now >= next_sample:
-        samples.append((round(now - t0, 1), *memory(sup)))
+        samples.append((round(now - t0, 1), *memory(sup), counts["kills"], counts["followers"]))
         next_sample += 1
         for path in ("/status", "/logs/burst", "/logs/crashy"):
             try:
@@ -143,7 +143,7 @@ os.killpg(shim.pid, signal.SIGTERM)
 shim.wait(timeout=20)
 
 with open(os.path.join(HERE, "results-heap-chaos.tsv"), "w") as f:
-    f.write("s\trss_kb\tpss_kb\tanon_kb\theap_kb\n")
+    f.write("s\trss_kb\tpss_kb\tanon_kb\theap_kb\tkills\tfollowers\n")
     for s in samples:
         f.write("\t".join(str(x) for x in s) + "\n")
 warm = [s for s in samples if s[0] >= 15] or samples
