@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Does the supervisor's heap stay flat under churn? (issue #16)
 
-    python3 bench/heap_chaos.py [--secs 120] [--bin target/release/dmp-contained]
+    python3 bench/heap_chaos.py [--secs 120] [--bin target/release/dmp-contained] [--out TSV]
 
 Starts `dmp-contained up` (not PID 1) with small rings (`log_lines = 50`, so they are full within
 seconds and stop growing) and six entries: a chatty one (a line every 10 ms), one that writes a
@@ -20,6 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ap = argparse.ArgumentParser()
 ap.add_argument("--secs", type=int, default=120)
 ap.add_argument("--bin", default=os.path.join(HERE, "..", "target", "release", "dmp-contained"))
+ap.add_argument("--out", default=os.path.join(HERE, "results-heap-chaos.tsv"), help="raw samples")
 a = ap.parse_args()
 
 d = tempfile.mkdtemp(prefix="dmp-heap-chaos-")
@@ -142,7 +143,7 @@ restarts = sum(e.get("restarts", 0) for e in st["entries"]) if isinstance(st.get
 os.killpg(shim.pid, signal.SIGTERM)
 shim.wait(timeout=20)
 
-with open(os.path.join(HERE, "results-heap-chaos.tsv"), "w") as f:
+with open(a.out, "w") as f:
     f.write("s\trss_kb\tpss_kb\tanon_kb\theap_kb\tkills\tfollowers\n")
     for s in samples:
         f.write("\t".join(str(x) for x in s) + "\n")
