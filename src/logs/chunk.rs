@@ -205,9 +205,15 @@ impl Chunk {
         let taken = line_spans(&buf, max, &mut spans);
         let mut chunk = Chunk::new(entry, stream);
         if taken < HAND_OVER {
-            // Small: copy the lines out and keep the buffer for the next read.
-            chunk.text.reserve(taken);
-            chunk.add_spans(&buf, &spans);
+            // Small: copy the lines (as read, their ends in between) and keep the buffer for
+            // the next read.
+            match std::str::from_utf8(&buf[..taken]) {
+                Ok(text) => {
+                    chunk.text = text.to_owned();
+                    chunk.spans = spans;
+                }
+                Err(_) => chunk.add_spans(&buf, &spans),
+            }
             buf.drain(..taken);
             return (chunk, buf);
         }
