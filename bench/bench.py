@@ -10,9 +10,11 @@ Benchmarks (each bounded in time; the whole run stays well under 15 minutes):
   idle      RSS of the supervisor's own processes (for dmp-contained: shim + supervisor; workloads
             excluded) and CPU ticks + context switches over 30 s, with 10 `sleep infinity` children.
             All tools run concurrently during the same 30 s window.
-  logs      1,000,000 lines of 100 bytes from a fast C producer through the tool's log capture to a
-            file: wall time until the producer's last line is in the file, lines lost, supervisor
-            CPU; compared with a raw pipe (`producer | wc -l`).
+  logs      1,000,000 lines of 100 bytes from a fast C producer through the tool's log capture into
+            the same consumer as the raw pipe (`producer | line-sink`, bench/line-sink.c): wall
+            time until the consumer reads the producer's last line, lines lost, supervisor CPU.
+            `--logs-sink file`: the tool's stdout is a file polled for the last line, and the raw
+            pipe is `producer | wc -l` (the older table).
   restart   SIGKILL the child 20 times; latency = kill -> replacement process started (the child
             stamps CLOCK_MONOTONIC as its first action).
   zombies   each tool as PID 1 (`unshare --pid --fork --mount-proc`); a child forks 1,000
@@ -29,6 +31,7 @@ import os
 import platform
 import re
 import resource
+import select
 import shlex
 import shutil
 import signal
@@ -303,7 +306,9 @@ class Run:
         self.argv = argv
         # O_APPEND: tools that reopen /dev/stdout (supervisord) get their own file offset, and
         # without append their writes would overwrite each other (a pipe has no such problem).
-        self.out = open(stdout or os.path.join(d, "stdout.log"), "ab")
+        # An int is a pipe's write end: the tool gets it, and our copy is closed on cleanup.
+        self.out = (os.fdopen(stdout, "wb") if isinstance(stdout, int)
+                    else open(stdout or os.path.join(d, "stdout.log"), "ab"))
         self.err = open(os.path.join(d, "stderr.log"), "wb")
         self.t_start = time.monotonic()
         self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.err,
@@ -360,6 +365,7 @@ class Bench:
         self.tmp = tempfile.mkdtemp(prefix="dmp-bench-")
         bindir = os.path.join(args.tools_dir, "bin")
         self.producer = os.path.join(bindir, "line-producer")
+        self.sink = os.path.join(bindir, "line-sink")
         self.stamper = os.path.join(bindir, "start-stamp")
         self.horust = Horust(args.horust or shutil.which("horust") or os.path.join(bindir, "horust"),
                              args.horust_install_pid)
@@ -482,22 +488,99 @@ class Bench:
                 "bytes": len(data)}
 
     def raw_pipe(self):
+        """The baseline: the producer straight into the consumer (`wc -l` for --logs-sink file,
+        bench/line-sink for pipe)."""
+        if self.a.logs_sink == "pipe":
+            r_fd, w_fd = os.pipe()
+            sink = subprocess.Popen([self.sink, ""], stdin=r_fd, stdout=subprocess.PIPE)
+            os.close(r_fd)
+            t = time.monotonic()
+            subprocess.run([self.producer, str(self.a.lines)], stdout=w_fd, check=True)
+            os.close(w_fd)
+            got = self.sink_figures(sink.communicate()[0])
+            return got["end_ns"] / 1e9 - t, got["payload"]
         t = time.monotonic()
         out = subprocess.run(f"{shlex.quote(self.producer)} {self.a.lines} | wc -l", shell=True,
                              capture_output=True, check=True).stdout
         return time.monotonic() - t, int(out.split()[0]) - 1  # minus END line
 
+    @staticmethod
+    def sink_figures(out):
+        return {k: int(v) for k, v in (kv.split("=") for kv in out.decode().split())}
+
+    def logs_run_file(self, tool, d, services):
+        """One run, the tool's stdout a file polled for the END line: (wall, counts, rusage of
+        non-tool children to subtract)."""
+        outp = os.path.join(d, "out.log")
+        marker = b"END-OF-PRODUCER"
+        r = Run(tool, d, services, stdout=outp)
+        wall = None
+        try:
+            with open(outp, "rb") as f:
+                tail = b""
+                deadline = r.t_start + self.a.logs_timeout
+                while time.monotonic() < deadline:
+                    chunk = f.read()
+                    if chunk:
+                        buf = tail + chunk
+                        if marker in buf:
+                            wall = time.monotonic() - r.t_start
+                            break
+                        tail = buf[-64:]
+                    else:
+                        time.sleep(0.002)
+            time.sleep(0.3)  # anything still in flight after the marker
+        finally:
+            r.cleanup()
+        prefix_re = re.compile(rb"(?m)^(?:\x1b\[[0-9;]*m)*prod(?:\x1b\[[0-9;]*m)*\s*\| L\d{9} ")
+        c = self.count_lines(outp, prefix_re if tool is self.ours else None)
+        os.unlink(outp)
+        if wall is None:
+            log(f"logs: {tool.name}: END marker not seen in {self.a.logs_timeout}s "
+                f"({c['lines']} lines); {r.stderr_tail()}")
+        return wall, c, 0.0
+
+    def logs_run_pipe(self, tool, d, services):
+        """One run, the tool's stdout a pipe into bench/line-sink (the raw pipe's consumer too),
+        which stamps the END line: (wall, counts, the sink's CPU to subtract)."""
+        prefix = "prod | " if tool is self.ours else ""
+        r_fd, w_fd = os.pipe()
+        sink = subprocess.Popen([self.sink, prefix], stdin=r_fd, stdout=subprocess.PIPE)
+        os.close(r_fd)
+        r = Run(tool, d, services, stdout=w_fd)
+        wall, first = None, b""
+        try:
+            if select.select([sink.stdout], [], [], self.a.logs_timeout)[0]:
+                first = sink.stdout.readline()
+                if first.startswith(b"end_ns="):
+                    wall = int(first.split(b"=")[1]) / 1e9 - r.t_start
+            time.sleep(0.3)  # anything still in flight after the marker
+        finally:
+            r.cleanup()
+        rest = sink.stdout.read()
+        _, _, ru = os.wait4(sink.pid, 0)
+        sink.returncode = 0
+        got = self.sink_figures(rest)
+        # The sink checks the sequence as it goes: a lost, repeated or reordered line breaks it.
+        c = {"lines": got["payload"], "unique": got["payload"] - got["out_of_order"],
+             "out_of_order": got["out_of_order"],
+             "prefixed": got["prefixed"] if prefix else None}
+        if wall is None:
+            log(f"logs: {tool.name}: END marker not seen in {self.a.logs_timeout}s "
+                f"({c['lines']} lines); {r.stderr_tail()}")
+        return wall, c, ru.ru_utime + ru.ru_stime
+
     def bench_logs(self):
         name = "logs"
         n = self.a.lines
-        log(f"logs: {n} lines x 100 bytes, {self.a.runs} runs per tool")
+        log(f"logs: {n} lines x 100 bytes, {self.a.runs} runs per tool, sink: {self.a.logs_sink}")
         res = {}
         raw = [self.raw_pipe() for _ in range(self.a.runs)]
-        res["raw pipe (producer | wc -l)"] = {
+        consumer = "line-sink" if self.a.logs_sink == "pipe" else "wc -l"
+        res[f"raw pipe (producer | {consumer})"] = {
             "wall_s": stats([w for w, _ in raw]), "lost": stats([n - c for _, c in raw]),
             "cpu_s": None, "note": "baseline"}
-        prefix_re = re.compile(rb"(?m)^(?:\x1b\[[0-9;]*m)*prod(?:\x1b\[[0-9;]*m)*\s*\| L\d{9} ")
-        marker = b"END-OF-PRODUCER"
+        one_run = self.logs_run_pipe if self.a.logs_sink == "pipe" else self.logs_run_file
         for tool in self.tools:
             if not self.usable(tool, name):
                 continue
@@ -505,46 +588,22 @@ class Bench:
             for i in range(self.a.runs):
                 self.note_concurrent_build(name)
                 d = self.dir(name, tool.name, str(i))
-                outp = os.path.join(d, "out.log")
                 ru_file = os.path.join(d, "producer.rusage")
                 ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-                r = Run(tool, d, [Svc("prod", [self.producer, str(n), "100", ru_file], restart="never")],
-                        stdout=outp)
-                wall = None
-                try:
-                    with open(outp, "rb") as f:
-                        tail = b""
-                        deadline = r.t_start + self.a.logs_timeout
-                        while time.monotonic() < deadline:
-                            chunk = f.read()
-                            if chunk:
-                                buf = tail + chunk
-                                if marker in buf:
-                                    wall = time.monotonic() - r.t_start
-                                    break
-                                tail = buf[-64:]
-                            else:
-                                time.sleep(0.002)
-                    time.sleep(0.3)  # anything still in flight after the marker
-                finally:
-                    r.cleanup()
+                services = [Svc("prod", [self.producer, str(n), "100", ru_file], restart="never")]
+                wall, c, other_cpu = one_run(tool, d, services)
                 # Supervisor CPU = CPU of the whole reaped tool tree (RUSAGE_CHILDREN delta; the
-                # tool reaps the producer) minus the producer's own, self-reported CPU. Includes
-                # the tool's start-up and shutdown.
+                # tool reaps the producer) minus the producer's own, self-reported CPU and the
+                # consumer's. Includes the tool's start-up and shutdown.
                 ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 cpu = None
                 try:
                     with open(ru_file) as f:
                         pu, ps = (int(x) for x in f.read().split())
                     cpu = max(0.0, (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime)
-                              - (pu + ps) / 1e6)
+                              - (pu + ps) / 1e6 - other_cpu)
                 except (OSError, ValueError):
                     pass
-                c = self.count_lines(outp, prefix_re if tool is self.ours else None)
-                os.unlink(outp)
-                if wall is None:
-                    log(f"logs: {tool.name} run {i}: END marker not seen in {self.a.logs_timeout}s "
-                        f"({c['lines']} lines); {r.stderr_tail()}")
                 got = c["unique"] if c["prefixed"] is None else min(c["unique"], c["prefixed"])
                 walls.append(wall)
                 lost.append(n - got)
@@ -848,10 +907,20 @@ class Bench:
                 out.append(f"| {self.cell(t)} | {self.mmm(v['wall_s'], '', 2)} | {self.ratio(v['wall_s'], ref and ref['wall_s'])} | "
                            f"{self.mmm(v['lost'], '', 0)} | {self.mmm(v['cpu_s'], '', 2)} | {self.cell('; '.join(x for x in notes if x))} |")
             skipped("logs")
-            out.append("\nWall = tool start → producer's last line present in the output file (stdout "
-                       "redirected to a file); lines lost = produced − distinct payload lines found "
-                       "(dmp-contained: counted only with the `prod | ` prefix); tool CPU = CPU of the tool's "
-                       "whole process tree minus the producer's own (start-up and shutdown included).")
+            if self.a.logs_sink == "pipe":
+                out.append("\nEvery tool's stdout, and the raw pipe's producer, write into the same "
+                           "consumer (`bench/line-sink.c`: 1 MiB reads, checks the sequence and the "
+                           "`prod | ` prefix). Wall = tool start → the consumer reads the producer's "
+                           "last line; lines lost = produced − lines in sequence (dmp-contained: "
+                           "counted only with the prefix); tool CPU = CPU of the tool's whole process "
+                           "tree minus the producer's and the consumer's (start-up and shutdown "
+                           "included). `--logs-sink file` gives the older file-based table.")
+            else:
+                out.append("\nWall = tool start → producer's last line present in the output file (stdout "
+                           "redirected to a file, polled by the harness); lines lost = produced − distinct "
+                           "payload lines found (dmp-contained: counted only with the `prod | ` prefix); "
+                           "tool CPU = CPU of the tool's whole process tree minus the producer's own "
+                           "(start-up and shutdown included).")
         if "restart" in B:
             b = B["restart"]
             ref = b.get(OURS)
@@ -914,6 +983,9 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--logs-timeout", type=float, default=90)
+    ap.add_argument("--logs-sink", choices=["pipe", "file"], default="pipe",
+                    help="the tools' stdout: a pipe into bench/line-sink (the raw pipe's consumer "
+                         "too), or a file polled for the END line (raw pipe: `| wc -l`)")
     ap.add_argument("--restart-kills", type=int, default=20)
     ap.add_argument("--idle-seconds", type=int, default=30)
     ap.add_argument("--shutdown-timeout", type=float, default=20)

@@ -70,9 +70,10 @@ fi
 # supervisor's package starts a system supervisord; it is not needed for the benchmark.
 service supervisor stop >/dev/null 2>&1 || true
 
-# 3. C fixtures.
-for f in line-producer start-stamp; do
+# 3. C fixtures (the log benchmark's consumer lives in bench/).
+for f in line-producer start-stamp line-sink; do
     src=tests/fixtures/$f.c
+    [ -f "$src" ] || src=bench/$f.c
     if [ ! -x "$TOOLS/bin/$f" ] || [ "$src" -nt "$TOOLS/bin/$f" ]; then
         cc -O2 -Wall -o "$TOOLS/bin/$f" "$src"
     fi
