@@ -733,3 +733,41 @@ command = "while [ ! -f {go} ]; do sleep 0.02; done; seq 1 50000; exec sleep 120
     let out = s.cli(&["status"]);
     assert_eq!(code(&out), 0);
 }
+
+#[test]
+fn snapshot_refusals_map_to_http_codes_by_variant() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("rows"), "1\n").unwrap();
+    let body = format!(
+        "[process.web]\ncommand = \"exec sleep 60\"\ndata_dir = \"{}\"\n",
+        data.path().display()
+    );
+    let (dir, port, cfg) = table(&body);
+    let s = Sup::spawn(dir, port, cfg, &[], &[("DMP_CONTAINED_TOKEN", "snap-tok")]);
+    s.wait_state("web", "ready", T);
+    let auth = [("Authorization", "Bearer snap-tok")];
+    let (c, b) = post(port, "/_supervisor/snapshots/.hidden/save", &auth);
+    assert_eq!(c, 400, "{b}");
+    assert!(b.contains("bad snapshot name"), "{b}");
+    let (c, b) = post(port, "/_supervisor/snapshots/nope/restore", &auth);
+    assert_eq!(c, 404, "{b}");
+    assert!(b.contains("snapshot `nope` not found for web"), "{b}");
+    let (c, b) = post(port, "/_supervisor/snapshots/s1/save", &auth);
+    assert_eq!(c, 200, "{b}");
+    assert!(b.contains("snapshot `s1` saved"), "{b}");
+    s.wait_state("web", "ready", T);
+    let (c, b) = post(port, "/_supervisor/snapshots/s1/restore", &auth);
+    assert_eq!(c, 200, "{b}");
+    drop(s);
+
+    // Nothing to snapshot: a conflict with the table, not a bad request.
+    let (dir, port, cfg) = table("[process.web]\ncommand = \"exec sleep 60\"\n");
+    let s = Sup::spawn(dir, port, cfg, &[], &[("DMP_CONTAINED_TOKEN", "snap-tok")]);
+    s.wait_state("web", "ready", T);
+    let (c, b) = post(port, "/_supervisor/snapshots/s1/save", &auth);
+    assert_eq!(c, 409, "{b}");
+    assert!(
+        b.contains("no [process] entry declares a `data_dir`"),
+        "{b}"
+    );
+}

@@ -128,7 +128,7 @@ impl Api {
                     .await
                 {
                     Ok(Ok(m)) => ok_message(m),
-                    Ok(Err(e)) => error(StatusCode::CONFLICT, e),
+                    Ok(Err(e)) => refused(e),
                     Err(resp) => resp,
                 }
             }
@@ -185,18 +185,26 @@ impl Api {
             .await;
         match answer {
             Ok(Ok(m)) => ok_message(m),
-            Ok(Err(e @ Refused::UnknownEntry { .. })) => {
-                error(StatusCode::NOT_FOUND, e.to_string())
-            }
-            // The step's own exit code, for `dmp-contained run STEP`'s exit status.
-            Ok(Err(Refused::Failed { message, exit_code })) => json_resp(
-                StatusCode::CONFLICT,
-                &json!({ "error": message, "exit_code": exit_code }),
-            ),
-            Ok(Err(e @ Refused::Conflict(_))) => error(StatusCode::CONFLICT, e.to_string()),
+            Ok(Err(e)) => refused(e),
             Err(resp) => resp,
         }
     }
+}
+
+/// A refusal's HTTP answer, chosen by its variant.
+fn refused(e: Refused) -> Resp {
+    let code = match &e {
+        Refused::UnknownEntry { .. } | Refused::NoSnapshot { .. } => StatusCode::NOT_FOUND,
+        Refused::BadName(_) => StatusCode::BAD_REQUEST,
+        Refused::Conflict(_) => StatusCode::CONFLICT,
+        Refused::CopyFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        // The step's own exit code, for `dmp-contained run STEP`'s exit status.
+        Refused::Failed { message, exit_code } => {
+            let body = json!({ "error": message, "exit_code": exit_code });
+            return json_resp(StatusCode::CONFLICT, &body);
+        }
+    };
+    error(code, e.to_string())
 }
 
 /// `200 {"ok": true, "message": m}`.

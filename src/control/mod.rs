@@ -52,6 +52,15 @@ pub enum Refused {
     /// Not possible in the entry's or the supervisor's present state.
     #[error("{0}")]
     Conflict(String),
+    /// A snapshot name that cannot name a directory.
+    #[error("bad snapshot name {0:?}")]
+    BadName(String),
+    /// `snapshot restore NAME` of a snapshot some services lack.
+    #[error("snapshot `{name}` not found for {services} (see `dmp-contained snapshot ls`)")]
+    NoSnapshot { name: String, services: String },
+    /// The copy itself failed (the disk, permissions).
+    #[error("{0}")]
+    CopyFailed(String),
 }
 
 impl From<String> for Refused {
@@ -97,7 +106,7 @@ pub enum Control {
     Snapshot {
         op: SnapOp,
         name: String,
-        reply: oneshot::Sender<Result<String, String>>,
+        reply: oneshot::Sender<Result<String, Refused>>,
     },
 }
 

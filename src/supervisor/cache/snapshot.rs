@@ -6,7 +6,7 @@
 use super::jobs::{self, Job};
 use super::{CacheCtl, Msg};
 use crate::cache;
-use crate::control::SnapOp;
+use crate::control::{Refused, SnapOp};
 use crate::plan::Kind;
 use crate::state::State;
 use crate::supervisor::{Effect, Facts};
@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use tokio::sync::oneshot;
 
-type Reply = oneshot::Sender<Result<String, String>>;
+type Reply = oneshot::Sender<Result<String, Refused>>;
 
 #[derive(Default)]
 pub(super) struct Snapshots {
@@ -48,7 +48,7 @@ enum AfterReady {
     /// The snapshot step becomes `done` (its dependents may use the service again).
     Step(usize),
     /// The reply to `snapshot save|restore`.
-    Reply(Reply, Result<String, String>),
+    Reply(Reply, Result<String, Refused>),
 }
 
 impl Snapshots {
@@ -90,7 +90,7 @@ impl CacheCtl {
     }
 
     /// The services a named snapshot covers, or why it cannot run now.
-    fn refusal(&self, f: &Facts, op: SnapOp, name: &str) -> Result<Vec<usize>, String> {
+    fn refusal(&self, f: &Facts, op: SnapOp, name: &str) -> Result<Vec<usize>, Refused> {
         if f.stopping {
             return Err("the supervisor is shutting down".into());
         }
@@ -98,20 +98,22 @@ impl CacheCtl {
             return Err("another snapshot operation is in progress; try again in a moment".into());
         }
         if name.is_empty() || name.starts_with('.') || name.contains('/') {
-            return Err(format!("bad snapshot name {name:?}"));
+            return Err(Refused::BadName(name.into()));
         }
         let services: Vec<usize> = f
             .live()
             .filter(|&i| f.entry(i).data_dir.is_some() && f.state(i) != State::Skipped)
             .collect();
         if services.is_empty() {
-            return Err("no [process] entry declares a `data_dir`".into());
+            return Err(Refused::Conflict(
+                "no [process] entry declares a `data_dir`".into(),
+            ));
         }
         if let Some(i) = f.live().find(|&i| f.step_running_against(i, &services)) {
-            return Err(format!(
+            return Err(Refused::Conflict(format!(
                 "step `{}` is running against a service; try again when it has finished",
                 f.entry(i).name
-            ));
+            )));
         }
         if matches!(op, SnapOp::Restore) {
             let dir = cache::named_dir(&self.dir, name);
@@ -121,10 +123,10 @@ impl CacheCtl {
                 .filter(|n| !dir.join(n).join("data").is_dir())
                 .collect();
             if !missing.is_empty() {
-                return Err(format!(
-                    "snapshot `{name}` not found for {} (see `dmp-contained snapshot ls`)",
-                    missing.join(", ")
-                ));
+                return Err(Refused::NoSnapshot {
+                    name: name.into(),
+                    services: missing.join(", "),
+                });
             }
         }
         Ok(services)
@@ -269,6 +271,7 @@ impl CacheCtl {
                         self.known[s].live = None;
                     }
                 }
+                let result = result.map_err(Refused::CopyFailed);
                 if f.stopping || result.is_err() {
                     let _ = reply.send(result);
                 } else {
