@@ -87,3 +87,40 @@ impl Cron {
         Some(Effect::Rerun(idx))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::Rt;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_timer_runs_the_step_only_when_it_is_idle_and_its_dependencies_are_up() {
+        let src = "[process.db]\ncommand = \"sleep 1\"\n\
+                   [step.tidy]\ncommand = \"true\"\nafter = [\"db\"]\nschedule = \"0 3 * * *\"\n";
+        let env = std::env::vars().collect();
+        let p = crate::config::parse(std::path::Path::new("/tmp/t.toml"), src, &env);
+        let plan = Arc::new(p.map_err(|e| e.to_string()).unwrap());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let cron = Cron::new(tx);
+        let (db_i, tidy_i) = (plan.index("db").unwrap(), plan.index("tidy").unwrap());
+        let at = |db: State, tidy: State, user_stopped: bool| {
+            let mut rt = [Rt::default(), Rt::default()];
+            rt[db_i].state = Some(db);
+            rt[tidy_i].state = Some(tidy);
+            rt[tidy_i].user_stopped = user_stopped;
+            let f = Facts {
+                plan: &plan,
+                rt: &rt,
+                stopping: false,
+            };
+            matches!(cron.fired(&f, tidy_i), Some(Effect::Rerun(i)) if i == tidy_i)
+        };
+        assert!(at(State::Ready, State::Done, false));
+        assert!(at(State::Ready, State::Failed, false));
+        assert!(!at(State::Ready, State::Running, false), "busy");
+        assert!(!at(State::Ready, State::Waiting, false), "already due");
+        assert!(!at(State::Starting, State::Done, false), "db not ready");
+        assert!(!at(State::Ready, State::Done, true), "stopped by the user");
+    }
+}

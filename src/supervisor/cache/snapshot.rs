@@ -303,3 +303,150 @@ fn affected(f: &Facts, services: &[usize]) -> Vec<usize> {
     }
     affected
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Plan;
+    use crate::supervisor::{Internal, Rt};
+    use std::sync::Arc;
+    use tokio::sync::mpsc;
+
+    /// db (data_dir) ← api ← web, and a step `seed` after db.
+    fn plan(dir: &std::path::Path) -> Arc<Plan> {
+        let src = format!(
+            "[supervisor]\ncache_dir = \"{d}/cache\"\n\
+             [process.db]\ncommand = \"sleep 1\"\ndata_dir = \"{d}/data\"\n\
+             [process.api]\ncommand = \"sleep 1\"\nafter = [\"db\"]\n\
+             [process.web]\ncommand = \"sleep 1\"\nafter = [\"api\"]\n\
+             [step.seed]\ncommand = \"true\"\nafter = [\"db\"]\n",
+            d = dir.display()
+        );
+        let env = std::env::vars().collect();
+        let p = crate::config::parse(&dir.join("t.toml"), &src, &env);
+        Arc::new(p.map_err(|e| e.to_string()).unwrap())
+    }
+
+    fn rts(states: &[State]) -> Vec<Rt> {
+        let rt = |s: &State| Rt {
+            state: Some(*s),
+            ..Rt::default()
+        };
+        states.iter().map(rt).collect()
+    }
+
+    fn facts<'a>(plan: &'a Arc<Plan>, rt: &'a [Rt]) -> Facts<'a> {
+        Facts {
+            plan,
+            rt,
+            stopping: false,
+        }
+    }
+
+    fn effects(fx: &[Effect]) -> Vec<String> {
+        let name = |e: &Effect| match e {
+            Effect::Hold(i) => format!("hold {i}"),
+            Effect::Stop(i) => format!("stop {i}"),
+            Effect::Release(i) => format!("release {i}"),
+            Effect::Done(i) => format!("done {i}"),
+            Effect::Reason(i, r) => format!("reason {i} {r:?}"),
+            _ => "other".into(),
+        };
+        fx.iter().map(name).collect()
+    }
+
+    #[tokio::test]
+    async fn a_hold_covers_active_dependents_and_stops_them_in_reverse_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let p = plan(dir.path());
+        let ix = |n: &str| p.index(n).unwrap();
+        let (db, api, web, seed) = (ix("db"), ix("api"), ix("web"), ix("seed"));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut c = CacheCtl::new(&p, tx);
+        use State::{Done, Ready, Stopped};
+        let mut rt = rts(&[Ready; 4]);
+        rt[seed].state = Some(Done);
+        let (reply, answer) = oneshot::channel();
+        c.request(&facts(&p, &rt), SnapOp::Save, "s1".into(), reply);
+        // The hold: the service and every active longrun after it; only web may stop yet.
+        let fx = c.progress(&facts(&p, &rt));
+        let want = [
+            format!("hold {db}"),
+            format!("hold {api}"),
+            format!("hold {web}"),
+            format!("stop {web}"),
+        ];
+        assert_eq!(effects(&fx), want);
+        // Nothing new while web is still stopping.
+        rt[web].state = Some(State::Stopping);
+        assert!(c.progress(&facts(&p, &rt)).is_empty());
+        rt[web].state = Some(Stopped);
+        assert_eq!(
+            effects(&c.progress(&facts(&p, &rt))),
+            [format!("stop {api}")]
+        );
+        rt[api].state = Some(Stopped);
+        assert_eq!(
+            effects(&c.progress(&facts(&p, &rt))),
+            [format!("stop {db}")]
+        );
+        rt[db].state = Some(Stopped);
+        // All down: the copy runs off the loop and answers as a message.
+        assert!(c.progress(&facts(&p, &rt)).is_empty());
+        let Some(Internal::Cache(Msg::CopyDone(result))) = rx.recv().await else {
+            panic!("no copy result");
+        };
+        assert!(result
+            .as_ref()
+            .is_ok_and(|m| m.contains("snapshot `s1` saved")));
+        let fx = c.on_msg(&facts(&p, &rt), Msg::CopyDone(result));
+        let want = [db, api, web].map(|i| format!("release {i}"));
+        assert_eq!(effects(&fx), want);
+        // The reply waits until the services are back.
+        rt[db].state = Some(State::Starting);
+        assert!(c.progress(&facts(&p, &rt)).is_empty());
+        rt[db].state = Some(Ready);
+        assert!(c.progress(&facts(&p, &rt)).is_empty());
+        let msg = answer.await.unwrap().unwrap();
+        assert!(msg.contains("snapshot `s1` saved"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn refusals_are_variants() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = plan(dir.path());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut c = CacheCtl::new(&p, tx);
+        use State::{Done, Ready, Running};
+        let seed = p.index("seed").unwrap();
+        let mut rt = rts(&[Ready; 4]);
+        rt[seed].state = Some(Done);
+        let ask = |c: &mut CacheCtl, rt: &[Rt], op, name: &str| {
+            let (reply, mut answer) = oneshot::channel();
+            c.request(&facts(&p, rt), op, name.into(), reply);
+            answer.try_recv()
+        };
+        let bad = ask(&mut c, &rt, SnapOp::Save, ".x");
+        assert!(matches!(bad, Ok(Err(Refused::BadName(_)))), "{bad:?}");
+        let missing = ask(&mut c, &rt, SnapOp::Restore, "nope");
+        assert!(
+            matches!(&missing, Ok(Err(Refused::NoSnapshot { services, .. })) if services == "db"),
+            "{missing:?}"
+        );
+        let mut busy = rts(&[Ready; 4]);
+        busy[seed].state = Some(Running);
+        let seeding = ask(&mut c, &busy, SnapOp::Save, "s1");
+        assert!(
+            matches!(&seeding, Ok(Err(Refused::Conflict(m))) if m.contains("step `seed`")),
+            "{seeding:?}"
+        );
+        // Accepted: no answer yet; a second one is refused while it runs.
+        assert!(ask(&mut c, &rt, SnapOp::Save, "s1").is_err());
+        let second = ask(&mut c, &rt, SnapOp::Save, "s2");
+        assert!(
+            matches!(second, Ok(Err(Refused::Conflict(_)))),
+            "{second:?}"
+        );
+    }
+}
