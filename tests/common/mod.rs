@@ -235,14 +235,25 @@ impl Drop for Sup {
         if let Some(c) = &mut self.child {
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
+            let mut exited = false;
+            while !exited && start.elapsed() < Duration::from_secs(10) {
+                exited = matches!(c.try_wait(), Ok(Some(_)));
+                if !exited {
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = c.kill();
-            let _ = c.wait();
+            if !exited {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        // The transition table (src/state.rs) holds in every test that runs the binary: the
+        // loop logs any transition outside it.
+        if !std::thread::panicking() {
+            let err = self.stderr_text();
+            if let Some(l) = err.lines().find(|l| l.contains("unexpected transition")) {
+                panic!("a lifecycle transition outside the table: {l}");
+            }
         }
     }
 }
