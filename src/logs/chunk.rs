@@ -107,34 +107,8 @@ impl Chunk {
     }
 
     /// Appends lines from `i` on as output until `buf` holds `limit` bytes or the chunk ends;
-    /// returns the next line's index. Plain text takes one copy of the prefix and one of the
-    /// line each (the writer thread's hot loop).
+    /// returns the next line's index (the writer thread's hot loop).
     pub fn format_lines(
-        &self,
-        buf: &mut Vec<u8>,
-        mut i: usize,
-        limit: usize,
-        format: Format,
-        color: u8,
-    ) -> usize {
-        let mut prefix = [0u8; 64];
-        let plen = self.entry.len() + 3;
-        if format != (Format::Text { color: false }) || plen > prefix.len() {
-            return self.format_lines_slow(buf, i, limit, format, color);
-        }
-        prefix[..plen - 3].copy_from_slice(self.entry.as_bytes());
-        prefix[plen - 3..plen].copy_from_slice(b" | ");
-        while i < self.len() && buf.len() < limit {
-            let (start, end) = self.spans[i];
-            buf.extend_from_slice(&prefix[..plen]);
-            buf.extend_from_slice(&self.text.as_bytes()[start as usize..end as usize]);
-            buf.push(b'\n');
-            i += 1;
-        }
-        i
-    }
-
-    fn format_lines_slow(
         &self,
         buf: &mut Vec<u8>,
         mut i: usize,
