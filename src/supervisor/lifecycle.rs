@@ -80,7 +80,9 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn stop_entry(&mut self, i: usize, deadline: tokio::time::Instant) {
+    /// Stops entry `i` within its own `stop_timeout`, and within the shutdown budget when the
+    /// supervisor is stopping.
+    pub(super) fn stop_entry(&mut self, i: usize) {
         let s = self.state(i);
         self.rt[i].gen += 1;
         if s == State::Backoff {
@@ -90,9 +92,8 @@ impl Supervisor {
         self.set(i, State::Stopping);
         let e = self.entry(i);
         let own = tokio::time::Instant::now() + e.stop_timeout;
-        let _ = self.runners[i].send(RunnerCmd::Stop {
-            deadline: own.min(deadline),
-        });
+        let deadline = self.stopping.map_or(own, |budget| own.min(budget));
+        let _ = self.runners[i].send(RunnerCmd::Stop { deadline });
     }
 
     pub(super) fn on_event(&mut self, ev: Event) {
@@ -317,10 +318,7 @@ impl Supervisor {
                         self.set(i, State::Waiting);
                     }
                 }
-                Effect::Stop(i) => {
-                    let far = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
-                    self.stop_entry(i, far);
-                }
+                Effect::Stop(i) => self.stop_entry(i),
                 Effect::Rerun(i) => {
                     self.cache.force(i);
                     self.set(i, State::Waiting);

@@ -104,12 +104,12 @@ macro_rules! facts {
 }
 use facts;
 
-impl Facts<'_> {
+impl<'a> Facts<'a> {
     fn state(&self, i: usize) -> State {
         self.rt[i].state.unwrap_or(State::Waiting)
     }
 
-    fn entry(&self, i: usize) -> &Entry {
+    fn entry(&self, i: usize) -> &'a Entry {
         &self.plan.entries[i]
     }
 
@@ -285,11 +285,11 @@ impl Supervisor {
     }
 
     fn state(&self, i: usize) -> State {
-        self.rt[i].state.unwrap_or(State::Waiting)
+        facts!(self).state(i)
     }
 
     fn entry(&self, i: usize) -> &Entry {
-        &self.plan.entries[i]
+        facts!(self).entry(i)
     }
 
     /// Every entry but the tombstones of removed ones (src/reload.rs).

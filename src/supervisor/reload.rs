@@ -18,7 +18,6 @@ use crate::plan::{Kind, Plan};
 use crate::reload::{Diff, Loader, Outcome, Report, TemplateAction, Trigger};
 use crate::state::{RestartHistory, State};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
@@ -234,7 +233,6 @@ impl Supervisor {
         };
         if p.merged.is_some() {
             let (retiring, old_deps) = (p.retiring.clone(), p.old_deps.clone());
-            let far = tokio::time::Instant::now() + Duration::from_secs(3600);
             for &i in &retiring {
                 let s = self.state(i);
                 if !s.is_active() || s == State::Stopping {
@@ -245,7 +243,7 @@ impl Supervisor {
                     .any(|&j| j != i && old_deps[j].contains(&i) && self.state(j).is_active());
                 if !dependent_up {
                     self.rt[i].restart_after_stop = false;
-                    self.stop_entry(i, far);
+                    self.stop_entry(i);
                 }
             }
             if retiring.iter().any(|&i| self.state(i).is_active()) {

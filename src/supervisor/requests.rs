@@ -6,7 +6,6 @@ use super::{facts, Supervisor};
 use crate::control::{Action, Control, Refused};
 use crate::plan::Kind;
 use crate::state::{RestartHistory, State};
-use std::time::Duration;
 use tokio::sync::oneshot;
 
 impl Supervisor {
@@ -78,7 +77,6 @@ impl Supervisor {
         if s == State::Off && matches!(action, Action::Start | Action::Run | Action::Restart) {
             return Ok(Some(self.turn_on(i)));
         }
-        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         match action {
             Action::Pause | Action::Resume => self.watch[i]
                 .set_paused(action == Action::Pause, name)
@@ -88,7 +86,7 @@ impl Supervisor {
                 // Held for a snapshot copy too: the user's stop outlasts the hold.
                 self.rt[i].user_stopped = true;
                 if s.is_active() && s != State::Stopping {
-                    self.stop_entry(i, far);
+                    self.stop_entry(i);
                     Ok(Some(format!("stopping {name}")))
                 } else {
                     Ok(Some(format!("{name} is not running ({})", s)))
@@ -102,7 +100,6 @@ impl Supervisor {
     fn act_start(&mut self, action: Action, i: usize, s: State) -> Result<Option<String>, Refused> {
         let name = self.entry(i).name.clone();
         let kind = self.entry(i).kind;
-        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         if action == Action::Run && kind != Kind::Oneshot {
             return Err(Refused::Conflict(format!(
                 "`{name}` is a longrun; `run` is for [step] entries (use restart)"
@@ -135,7 +132,7 @@ impl Supervisor {
         if s.is_active() && s != State::Backoff {
             self.rt[i].restart_after_stop = true;
             if s != State::Stopping {
-                self.stop_entry(i, far);
+                self.stop_entry(i);
             }
         } else {
             // From backoff: cancel the pending timer and start now.
@@ -206,7 +203,7 @@ impl Supervisor {
         match s {
             State::Starting | State::Ready | State::Running => {
                 self.rt[i].restart_after_stop = true;
-                self.stop_entry(i, tokio::time::Instant::now() + Duration::from_secs(3600));
+                self.stop_entry(i);
             }
             State::Stopping => self.rt[i].restart_after_stop = true,
             // Its dependencies are satisfied: the next schedule starts it.

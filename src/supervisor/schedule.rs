@@ -40,7 +40,7 @@ impl Supervisor {
     /// Starts every waiting entry whose dependencies are satisfied; during shutdown, stops
     /// every active entry none of whose dependents is still active.
     pub(super) fn schedule(&mut self) {
-        if let Some(deadline) = self.stopping {
+        if self.stopping.is_some() {
             for i in self.live() {
                 let s = self.state(i);
                 if !s.is_active() || s == State::Stopping {
@@ -50,7 +50,7 @@ impl Supervisor {
                     .transitive_dependents(i)
                     .any(|d| self.state(d).is_active());
                 if !dependents_active {
-                    self.stop_entry(i, deadline);
+                    self.stop_entry(i);
                 }
             }
             return;
