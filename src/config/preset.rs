@@ -43,6 +43,29 @@ enum Origin {
     },
 }
 
+impl Origin {
+    /// Where an error about this line belongs (`none_at` for generated lines), and for a
+    /// preset's value the note naming the preset and where it is used (`place` of an offset).
+    fn located(&self, none_at: usize, place: impl Fn(usize) -> String) -> (usize, String) {
+        match self {
+            Origin::None => (none_at, String::new()),
+            Origin::Entry(at) => (*at, String::new()),
+            Origin::Preset {
+                preset,
+                at,
+                entry,
+                used_at,
+            } => {
+                let p = place(*used_at);
+                (
+                    *at,
+                    format!(" (in preset `{preset}`, used by {entry} at {p})"),
+                )
+            }
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct Doc {
     #[serde(default)]
@@ -206,28 +229,12 @@ impl Expanded {
             .cloned()
             .unwrap_or(Origin::None);
         let file = e.file.display().to_string();
-        let (at, note) = match o {
-            Origin::None => (0, None),
-            Origin::Entry(at) => (at, None),
-            Origin::Preset {
-                preset,
-                at,
-                entry,
-                used_at,
-            } => {
-                let (l, c) = line_col(src, used_at);
-                (
-                    at,
-                    Some(format!(
-                        " (in preset `{preset}`, used by {entry} at {file}:{l}:{c})"
-                    )),
-                )
-            }
-        };
+        let (at, note) = o.located(0, |u| {
+            let (l, c) = line_col(src, u);
+            format!("{file}:{l}:{c}")
+        });
         (e.line, e.col) = line_col(src, at);
-        if let Some(n) = note {
-            e.msg.push_str(&n);
-        }
+        e.msg.push_str(&note);
         e
     }
 }

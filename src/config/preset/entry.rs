@@ -39,22 +39,8 @@ impl At<'_> {
     }
 
     fn report(&self, cx: &mut Ctx, o: &Origin, msg: String) {
-        match o {
-            Origin::Preset {
-                preset,
-                at,
-                entry,
-                used_at,
-            } => {
-                let place = cx.place(*used_at);
-                cx.err(
-                    *at,
-                    format!("{msg} (in preset `{preset}`, used by {entry} at {place})"),
-                )
-            }
-            Origin::Entry(at) => cx.err(*at, msg),
-            Origin::None => cx.err(self.e.start, msg),
-        }
+        let (at, note) = o.located(self.e.start, |u| cx.place(u));
+        cx.err(at, msg + &note);
     }
 }
 
