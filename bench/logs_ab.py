@@ -15,6 +15,11 @@ exactly `producer | consumer`, and a candidate's wall is start → its last line
 polling reads the whole 108 MB back and competes for the CPU, and the raw row's consumer is
 `wc -l`, so even tini, which captures nothing, scores far below 1×).
 
+--pin: the producer runs on CPU 0 (`taskset -c 0`), the candidate and the consumer on CPU 1.
+On 2 shared cores the kernel's placement of three busy processes decides much of the wall time
+(a wake-up pulls the woken process onto the waker's core, next to a producer that never
+sleeps); pinned, the figure is what the capture itself costs.
+
 CPU = the candidate's own CPU (its reaped tree minus the producer's self-reported CPU)."""
 import argparse, os, statistics, subprocess, tempfile, time
 
@@ -23,6 +28,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--runs", type=int, default=5)
 ap.add_argument("--lines", type=int, default=1_000_000)
 ap.add_argument("--sink", choices=["pipe", "file"], default="pipe")
+ap.add_argument("--pin", action="store_true", help="producer on CPU 0; candidate and consumer on CPU 1")
 ap.add_argument("candidates", nargs="+")
 a = ap.parse_args()
 prod = os.path.join(HERE, ".tools", "bin", "line-producer")
@@ -30,18 +36,21 @@ sink = os.path.join(HERE, ".tools", "bin", "line-sink")
 d = tempfile.mkdtemp(prefix="dmp-logs-ab-")
 ru_file, out_file = os.path.join(d, "ru"), os.path.join(d, "out")
 cfg = os.path.join(d, "sup.toml")
+PIN0 = ["taskset", "-c", "0"] if a.pin else []
+PIN1 = ["taskset", "-c", "1"] if a.pin else []
+prod_cmd = ", ".join(f'"{x}"' for x in PIN0 + [prod, str(a.lines), "100", ru_file])
 with open(cfg, "w") as f:
     f.write(f'[supervisor]\napi_listen = "127.0.0.1:0"\nsocket = "{d}/s.sock"\ncache_dir = "{d}/c"\n\n'
-            f'[process.prod]\ncommand = ["{prod}", "{a.lines}", "100", "{ru_file}"]\n'
+            f'[process.prod]\ncommand = [{prod_cmd}]\n'
             'restart = { policy = "never" }\n')
 
 
 def argv_of(c):
     if c == "raw":
-        return [prod, str(a.lines), "100", ru_file]
+        return PIN0 + [prod, str(a.lines), "100", ru_file]
     if c == "tini":
-        return ["tini", "-s", "--", prod, str(a.lines), "100", ru_file]
-    return [c, "up", "--config", cfg]
+        return PIN1 + ["tini", "-s", "--"] + PIN0 + [prod, str(a.lines), "100", ru_file]
+    return PIN1 + [c, "up", "--config", cfg]
 
 
 def own_cpu(ru):
@@ -54,7 +63,7 @@ def run_pipe(c):
     """(wall, cpu, lost, out_of_order) with stdout piped into line-sink."""
     prefix = "" if c in ("raw", "tini") else "prod | "
     r, w = os.pipe()
-    s = subprocess.Popen([sink, prefix], stdin=r, stdout=subprocess.PIPE)
+    s = subprocess.Popen(PIN1 + [sink, prefix], stdin=r, stdout=subprocess.PIPE)
     os.close(r)
     t = time.monotonic()
     p = subprocess.Popen(argv_of(c), stdout=w, stderr=subprocess.DEVNULL)
@@ -93,7 +102,7 @@ for _ in range(a.runs):
     for c in a.candidates:
         for k, v in zip(res[c], (run_pipe if a.sink == "pipe" else run_file)(c)):
             k.append(v)
-print(f"sink: {a.sink}; {a.runs} runs; load average {os.getloadavg()[0]:.1f}")
+print(f"sink: {a.sink}{'; pinned' if a.pin else ''}; {a.runs} runs; load average {os.getloadavg()[0]:.1f}")
 raw = statistics.median(res["raw"][0]) if "raw" in res else None
 for c, (w, cpu, lost, ooo) in res.items():
     line = f"{c}: wall {min(w):.3f} / {statistics.median(w):.3f} / {max(w):.3f} s"
