@@ -1,4 +1,4 @@
-//! The file primitives the cache is built on: safe path components, atomic durable writes,
+//! The file primitives the cache is built on: safe path components, atomic (durable) writes,
 //! and removal that treats "already gone" as done.
 
 use std::io::{self, Write};
@@ -39,6 +39,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         std::fs::rename(&tmp, path)?;
         sync_dir(dir)
     })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+/// Replaces `path` with `bytes` atomically but not durably: temp file, rename, no fsync. For
+/// runtime files read within this boot (the shim's stop plan): a reader sees the old file or
+/// the new one, and the control loop never waits for the disk (two fsyncs cost milliseconds,
+/// more on overlayfs, at every start and exit of a process).
+pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = tmp_path(path.parent().unwrap_or(Path::new(".")));
+    let r = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

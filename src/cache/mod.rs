@@ -23,7 +23,7 @@ mod keys;
 mod records;
 mod snapshots;
 
-pub use files::write_atomic;
+pub use files::{replace, write_atomic};
 pub use keys::*;
 pub use records::*;
 pub use snapshots::*;

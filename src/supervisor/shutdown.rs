@@ -75,7 +75,7 @@ impl Supervisor {
         }
         .render();
         if text != self.stop_plan_written {
-            if let Err(e) = crate::cache::write_atomic(path, text.as_bytes()) {
+            if let Err(e) = crate::cache::replace(path, text.as_bytes()) {
                 tracing::warn!("cannot write the stop plan {}: {e}", path.display());
             }
             self.stop_plan_written = text;
