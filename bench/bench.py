@@ -4,9 +4,12 @@
 Normally started through bench/run.sh, which installs the peers and builds the C fixtures.
 
     python3 bench/bench.py --tools-dir bench/.tools [--bin target/release/dmp-contained]
-                           [--only idle,logs,restart,zombies,shutdown] [--runs 3] [--lines 1000000]
+                           [--only logs,zombies,restart,shutdown,idle,venv,critical,heap]
+                           [--runs 3] [--lines 1000000] [--venv-runs 3] [--critical-runs 5]
+                           [--heap-secs 300]
 
-Benchmarks (each bounded in time; the whole run stays well under 15 minutes):
+Benchmarks (each bounded in time; the whole run takes about 15 minutes on 2 cores, over half
+of it venv and heap):
   idle      RSS of the supervisor's own processes (for dmp-contained: shim + supervisor; workloads
             excluded) and CPU ticks + context switches over 30 s, with 10 `sleep infinity` children.
             All tools run concurrently during the same 30 s window.
@@ -14,18 +17,30 @@ Benchmarks (each bounded in time; the whole run stays well under 15 minutes):
             the same consumer as the raw pipe (`producer | line-sink`, bench/line-sink.c): wall
             time until the consumer reads the producer's last line, lines lost, supervisor CPU.
             `--logs-sink file`: the tool's stdout is a file polled for the last line, and the raw
-            pipe is `producer | wc -l` (the older table).
+            pipe is `producer | wc -l` (the older table). Plus, with >= 2 CPUs and the pipe sink,
+            the raw pipe and dmp-contained pinned with `taskset -c` (producer CPU 0, tool and
+            consumer CPU 1).
   restart   SIGKILL the child 20 times; latency = kill -> replacement process started (the child
             stamps CLOCK_MONOTONIC as its first action).
   zombies   each tool as PID 1 (`unshare --pid --fork --mount-proc`); a child forks 1,000
             grandchildren that outlive it (sleep 50 ms, exit); zombies counted 100 ms and 1 s later.
   shutdown  SIGTERM to the tool with 10 children, and with 10 children of which one ignores
             SIGTERM; time until the tool exits, exit code, children left running.
+  venv      bench/venv-bench.sh: make-venv of the fixture apps, uv vs pip, cold / cache / no-op
+            (real PyPI); pip / uv per app and for all apps; target uv >= 3x faster cold.
+  critical  bench/critical-path.sh (root, PostgreSQL 15, uv, npm): warm start wall time vs the sum
+            of its critical path's links; target <= 1.2x.
+  heap      bench/heap_chaos.py: the supervisor's memory over a chaos run (kills, followers, API
+            reads): first after warm-up, max, last, slopes in kB/min; target flat. Raw samples
+            next to --out (results-latest-heap.tsv).
+A section whose prerequisites are missing (root, uv, postgres, network, our binary) is skipped
+with its reason in the report.
 
 Only the standard library is used. Results: markdown on stdout and in bench/results-latest.md,
 raw numbers in bench/results-latest.json.
 """
 import argparse
+import collections
 import json
 import os
 import platform
@@ -39,17 +54,65 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
+import urllib.error
+import urllib.request
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
 OURS = "dmp-contained"
+DEFAULT_BIN = os.path.join(REPO, "target", "release", "dmp-contained")
+PG_BIN = "/usr/lib/postgresql/15/bin"
+SECTIONS = ("logs", "zombies", "restart", "shutdown", "idle", "venv", "critical", "heap")
+REPORT_ORDER = ("idle", "logs", "restart", "zombies", "shutdown", "venv", "critical", "heap")
+TITLES = {"idle": "Idle", "logs": "Log throughput", "restart": "Restart latency after SIGKILL",
+          "zombies": "Zombies after 1,000 orphaned grandchildren", "shutdown": "Shutdown on SIGTERM",
+          "venv": "venv creation, uv vs pip", "critical": "Warm start critical path",
+          "heap": "Supervisor heap over a chaos run"}
+# The options that shape each section (its "reproduce" command repeats them).
+SECTION_OPTS = {"idle": ("idle_seconds",), "logs": ("runs", "lines", "logs_sink"),
+                "restart": ("restart_kills",), "zombies": ("runs",),
+                "shutdown": ("runs", "shutdown_timeout"), "venv": ("venv_runs",),
+                "critical": ("critical_runs",), "heap": ("heap_secs",)}
+PIN0, PIN1 = ["taskset", "-c", "0"], ["taskset", "-c", "1"]
+RAW_PINNED = "raw pipe, pinned: producer CPU 0, line-sink CPU 1"
+OURS_PINNED = f"{OURS}, pinned: producer CPU 0, {OURS} + line-sink CPU 1"
 
 
 def log(*a):
     print("[bench]", *a, file=sys.stderr, flush=True)
+
+
+def rel(path):
+    """A path as a command line in the repository root would give it."""
+    if not path or not os.path.isabs(path):
+        return str(path)
+    r = os.path.relpath(path, REPO)
+    return path if r.startswith("..") else r
+
+
+def offline(url, timeout=10):
+    """None when URL answers (any HTTP status), else the one-line reason."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass
+    except (OSError, ValueError) as e:
+        return f"no network: {url} unreachable ({getattr(e, 'reason', e)})"
+    return None
+
+
+def plural(n, word):
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def first_missing(checks):
+    """The reason of the first (ok, reason) pair whose ok is false, or None."""
+    return next((why for ok, why in checks if not ok), None)
 
 
 # --------------------------------------------------------------------------- /proc helpers
@@ -297,12 +360,13 @@ class NoInit(Tool):
 # --------------------------------------------------------------------------- running
 
 class Run:
-    def __init__(self, tool, d, services, stdout=None, pid1=False):
+    def __init__(self, tool, d, services, stdout=None, pid1=False, wrap=()):
         self.tool, self.d = tool, d
         os.makedirs(d, exist_ok=True)
         argv = tool.argv(d, services, pid1=pid1)
         if pid1:
             argv = ["unshare", "--pid", "--fork", "--mount-proc"] + argv
+        argv = list(wrap) + argv  # e.g. taskset -c 1 (it execs the tool: the same pid)
         self.argv = argv
         # O_APPEND: tools that reopen /dev/stdout (supervisord) get their own file offset, and
         # without append their writes would overwrite each other (a pipe has no such problem).
@@ -372,6 +436,8 @@ class Bench:
         self.ours = Ours(args.bin)
         self.tools = [self.ours, Supervisord(), self.horust, Tini()]
         self.results = {"meta": {}, "benchmarks": {}}
+        self.started = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                        "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
         self.md = []
         self.warnings = []
 
@@ -487,15 +553,17 @@ class Bench:
         return {"lines": len(nums), "unique": uniq, "out_of_order": ooo, "prefixed": pref,
                 "bytes": len(data)}
 
-    def raw_pipe(self):
+    def raw_pipe(self, pin=False):
         """The baseline: the producer straight into the consumer (`wc -l` for --logs-sink file,
-        bench/line-sink for pipe)."""
+        bench/line-sink for pipe; pin: the producer on CPU 0, line-sink on CPU 1)."""
         if self.a.logs_sink == "pipe":
             r_fd, w_fd = os.pipe()
-            sink = subprocess.Popen([self.sink, ""], stdin=r_fd, stdout=subprocess.PIPE)
+            sink = subprocess.Popen((PIN1 if pin else []) + [self.sink, ""], stdin=r_fd,
+                                    stdout=subprocess.PIPE)
             os.close(r_fd)
             t = time.monotonic()
-            subprocess.run([self.producer, str(self.a.lines)], stdout=w_fd, check=True)
+            subprocess.run((PIN0 if pin else []) + [self.producer, str(self.a.lines)], stdout=w_fd,
+                           check=True)
             os.close(w_fd)
             got = self.sink_figures(sink.communicate()[0])
             return got["end_ns"] / 1e9 - t, got["payload"]
@@ -540,14 +608,16 @@ class Bench:
                 f"({c['lines']} lines); {r.stderr_tail()}")
         return wall, c, 0.0
 
-    def logs_run_pipe(self, tool, d, services):
+    def logs_run_pipe(self, tool, d, services, pin=False):
         """One run, the tool's stdout a pipe into bench/line-sink (the raw pipe's consumer too),
-        which stamps the END line: (wall, counts, the sink's CPU to subtract)."""
+        which stamps the END line: (wall, counts, the sink's CPU to subtract). pin: the tool and
+        the sink on CPU 1 (the services pin the producer themselves)."""
         prefix = "prod | " if tool is self.ours else ""
+        wrap = PIN1 if pin else []
         r_fd, w_fd = os.pipe()
-        sink = subprocess.Popen([self.sink, prefix], stdin=r_fd, stdout=subprocess.PIPE)
+        sink = subprocess.Popen(wrap + [self.sink, prefix], stdin=r_fd, stdout=subprocess.PIPE)
         os.close(r_fd)
-        r = Run(tool, d, services, stdout=w_fd)
+        r = Run(tool, d, services, stdout=w_fd, wrap=wrap)
         wall, first = None, b""
         try:
             if select.select([sink.stdout], [], [], self.a.logs_timeout)[0]:
@@ -572,51 +642,86 @@ class Bench:
 
     def bench_logs(self):
         name = "logs"
-        n = self.a.lines
-        log(f"logs: {n} lines x 100 bytes, {self.a.runs} runs per tool, sink: {self.a.logs_sink}")
-        res = {}
-        raw = [self.raw_pipe() for _ in range(self.a.runs)]
+        log(f"logs: {self.a.lines} lines x 100 bytes, {self.a.runs} runs per tool, "
+            f"sink: {self.a.logs_sink}")
         consumer = "line-sink" if self.a.logs_sink == "pipe" else "wc -l"
-        res[f"raw pipe (producer | {consumer})"] = {
-            "wall_s": stats([w for w, _ in raw]), "lost": stats([n - c for _, c in raw]),
-            "cpu_s": None, "note": "baseline"}
-        one_run = self.logs_run_pipe if self.a.logs_sink == "pipe" else self.logs_run_file
+        res = {f"raw pipe (producer | {consumer})": self.raw_row()}
         for tool in self.tools:
-            if not self.usable(tool, name):
-                continue
-            walls, lost, cpus, extra = [], [], [], {}
-            for i in range(self.a.runs):
-                self.note_concurrent_build(name)
-                d = self.dir(name, tool.name, str(i))
-                ru_file = os.path.join(d, "producer.rusage")
-                ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-                services = [Svc("prod", [self.producer, str(n), "100", ru_file], restart="never")]
-                wall, c, other_cpu = one_run(tool, d, services)
-                # Supervisor CPU = CPU of the whole reaped tool tree (RUSAGE_CHILDREN delta; the
-                # tool reaps the producer) minus the producer's own, self-reported CPU and the
-                # consumer's. Includes the tool's start-up and shutdown.
-                ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-                cpu = None
-                try:
-                    with open(ru_file) as f:
-                        pu, ps = (int(x) for x in f.read().split())
-                    cpu = max(0.0, (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime)
-                              - (pu + ps) / 1e6 - other_cpu)
-                except (OSError, ValueError):
-                    pass
-                got = c["unique"] if c["prefixed"] is None else min(c["unique"], c["prefixed"])
-                walls.append(wall)
-                lost.append(n - got)
-                cpus.append(cpu)
-                for k in ("out_of_order", "prefixed"):
-                    if c[k] is not None:
-                        extra.setdefault(k, []).append(c[k])
-                extra.setdefault("duplicates", []).append(c["lines"] - c["unique"])
-                log(f"logs: {tool.name} run {i}: wall={wall} lines={c['lines']} lost={n - got}")
-            res[tool.name] = {"wall_s": stats(walls), "lost": stats(lost), "cpu_s": stats(cpus),
-                              "timeouts": walls.count(None), **{k: stats(v) for k, v in extra.items()},
-                              "note": tool.note}
+            if self.usable(tool, name):
+                res[tool.name] = self.logs_row(tool)
+        res.update(self.pinned_rows(name))
         self.results["benchmarks"].setdefault(name, {}).update(res)
+
+    def raw_row(self, pin=False):
+        n = self.a.lines
+        raw = [self.raw_pipe(pin) for _ in range(self.a.runs)]
+        return {"wall_s": stats([w for w, _ in raw]), "lost": stats([n - c for _, c in raw]),
+                "cpu_s": None, "note": "baseline"}
+
+    def pin_missing(self):
+        """Why the pinned pair of log rows cannot run, or None."""
+        return first_missing([
+            (self.a.logs_sink == "pipe", "pipe sink only (--logs-sink pipe)"),
+            ({0, 1} <= os.sched_getaffinity(0), "needs CPUs 0 and 1 (fewer than 2 CPUs)"),
+            (shutil.which("taskset"), "taskset not installed (util-linux)")])
+
+    def pinned_rows(self, name):
+        """The raw pipe and dmp-contained with the producer on CPU 0, the tool and the consumer on
+        CPU 1: what the capture costs without the kernel's placement of three busy processes."""
+        why = self.pin_missing()
+        if why:
+            log(f"logs: no pinned rows: {why}")
+            self.results["benchmarks"].setdefault(name, {}).setdefault("skipped", {})["pinned rows"] = why
+            return {}
+        rows = {RAW_PINNED: dict(self.raw_row(pin=True), note="baseline, pinned", ref=OURS_PINNED)}
+        if self.ours.available()[0]:
+            rows[OURS_PINNED] = dict(self.logs_row(self.ours, pin=True), note="pinned",
+                                     ref=OURS_PINNED)
+        return rows
+
+    @staticmethod
+    def tool_cpu(ru0, ru_file, other_cpu):
+        """Supervisor CPU = CPU of the whole reaped tool tree (RUSAGE_CHILDREN delta since ru0; the
+        tool reaps the producer) minus the producer's own, self-reported CPU (ru_file) and the
+        consumer's (other_cpu). Includes the tool's start-up and shutdown. None if unknown."""
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        try:
+            with open(ru_file) as f:
+                pu, ps = (int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            return None
+        return max(0.0, (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime)
+                   - (pu + ps) / 1e6 - other_cpu)
+
+    def logs_row(self, tool, pin=False):
+        """The tool's row: self.a.runs runs of the producer under the tool."""
+        n = self.a.lines
+        walls, lost, cpus, extra = [], [], [], {}
+        for i in range(self.a.runs):
+            self.note_concurrent_build("logs")
+            d = self.dir("logs", tool.name + ("-pinned" if pin else ""), str(i))
+            ru_file = os.path.join(d, "producer.rusage")
+            ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            prod = (PIN0 if pin else []) + [self.producer, str(n), "100", ru_file]
+            services = [Svc("prod", prod, restart="never")]
+            if self.a.logs_sink == "pipe":
+                wall, c, other_cpu = self.logs_run_pipe(tool, d, services, pin)
+            else:
+                wall, c, other_cpu = self.logs_run_file(tool, d, services)
+            cpu = self.tool_cpu(ru0, ru_file, other_cpu)
+            got = c["unique"] if c["prefixed"] is None else min(c["unique"], c["prefixed"])
+            walls.append(wall)
+            lost.append(n - got)
+            cpus.append(cpu)
+            for k in ("out_of_order", "prefixed"):
+                if c[k] is not None:
+                    extra.setdefault(k, []).append(c[k])
+            extra.setdefault("duplicates", []).append(c["lines"] - c["unique"])
+            log(f"logs: {tool.name}{' pinned' if pin else ''} run {i}: wall={wall} "
+                f"lines={c['lines']} lost={n - got}")
+        return {"wall_s": stats(walls), "lost": stats(lost), "cpu_s": stats(cpus),
+                "timeouts": walls.count(None), **{k: stats(v) for k, v in extra.items()},
+                "note": tool.note}
 
     # ---------------------------------------------------------------- restart
     def restart_series(self, tool, label, kills, gap):
@@ -772,7 +877,199 @@ class Bench:
                                      "tini": "tini -s -g; sh + 10 sleeps", OURS: 'stop_timeout "5s"'}[tool.name]}
         self.results["benchmarks"].setdefault(name, {}).update(res)
 
+    # ---------------------------------------------------------------- venv, critical, heap
+    # These run bench/'s own scripts (their measuring stays there) and read the --json they write.
+    def skip_section(self, name, why):
+        log(f"{name}: skipped: {why}")
+        self.results["benchmarks"][name] = {"skip": why}
+
+    @staticmethod
+    def stop_group(p):
+        """SIGTERM to a script's own process group (it was started in a new session), then
+        SIGKILL if it is still there 15 s later."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(p.pid, sig)
+                p.wait(timeout=15)
+                return
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                if p.poll() is not None:
+                    return
+
+    def script(self, name, argv, json_file, timeout, env=None):
+        """Run a bench script, its output echoed to stderr; its JSON, or None once the section is
+        marked failed (exit code or timeout and the last line it printed)."""
+        log(f"{name}: {shlex.join(rel(x) for x in argv)}")
+        self.note_concurrent_build(name)
+        t0 = time.monotonic()
+        p = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             errors="replace", start_new_session=True)
+        timer = threading.Timer(timeout, self.stop_group, [p])
+        timer.start()
+        tail = collections.deque(maxlen=10)
+        try:
+            for line in p.stdout:
+                log(f"{name}: {line.rstrip()}")
+                if line.strip():
+                    tail.append(line.strip())
+            rc = p.wait()
+        finally:
+            timer.cancel()
+            if p.poll() is None:
+                self.stop_group(p)
+        if rc == 0 and os.path.exists(json_file):
+            with open(json_file) as f:
+                return json.load(f)
+        why = (f"timed out after {timeout:.0f} s" if time.monotonic() - t0 >= timeout
+               else f"exit code {rc}")
+        self.results["benchmarks"][name] = {
+            "failed": f"{rel(next((x for x in argv if x.startswith(HERE)), argv[0]))}: {why}: "
+                      f"{tail[-1] if tail else 'no output'}",
+            "output_tail": list(tail)}
+        return None
+
+    def script_command(self, name):
+        """The command that runs the section's script alone, from the repository root (None for
+        the sections bench.py measures itself)."""
+        env = "" if self.default_bin() else f"DMP_CONTAINED_BIN={shlex.quote(self.a.bin)} "
+        return {"venv": f"bench/venv-bench.sh {self.a.venv_runs}",
+                "critical": f"{env}bench/critical-path.sh {self.a.critical_runs}",
+                "heap": f"python3 bench/heap_chaos.py --secs {self.a.heap_secs} "
+                        f"--bin {shlex.quote(rel(self.a.bin))}"}.get(name)
+
+    def default_bin(self):
+        return os.path.realpath(self.a.bin or "") == os.path.realpath(DEFAULT_BIN)
+
+    VENV_TARGETS = {"cold": (3.0, "≥ 3×"), "cache": (None, "—"),
+                    "noop": (1.0, "≥ 1× (warm unchanged)")}
+
+    def venv_missing(self):
+        return first_missing([
+            (shutil.which("uv"), "uv is not on PATH (scripts/install-deps.sh installs it)"),
+            (shutil.which("bc"), "bc is not installed (venv-bench.sh times with it)"),
+            (os.access("/usr/bin/python3", os.X_OK), "no /usr/bin/python3"),
+        ]) or offline("https://pypi.org/simple/")
+
+    def bench_venv(self):
+        name, runs = "venv", self.a.venv_runs
+        why = self.venv_missing()
+        if why:
+            return self.skip_section(name, why)
+        log(f"venv: make-venv uv vs pip, cold / cache / no-op, {runs} runs (real PyPI)")
+        d = self.dir(name)
+        jf = os.path.join(d, "venv.json")
+        got = self.script(name, [os.path.join(HERE, "venv-bench.sh"), "--json", jf,
+                                 "--md", os.path.join(d, "venv.md"), str(runs)], jf, runs * 900)
+        if got:
+            self.results["benchmarks"][name] = self.venv_results(got)
+
+    def venv_results(self, got):
+        rows = []
+        for app in got["apps"] + ["all apps"]:
+            for mode, (need, target) in self.VENV_TARGETS.items():
+                u, p = got["seconds"]["uv"][app][mode], got["seconds"]["pip"][app][mode]
+                r = statistics.median(p) / statistics.median(u)
+                rows.append({"app": app, "mode": mode, "uv_s": stats(u), "pip_s": stats(p),
+                             "pip_over_uv": r, "target": target,
+                             "met": None if need is None else r >= need})
+        return {"runs": got["runs"], "apps": got["apps"], "versions": got["versions"],
+                "rows": rows, "script": self.script_command("venv")}
+
+    def critical_missing(self):
+        return first_missing([
+            (os.geteuid() == 0, "needs root (Postgres runs as user postgres)"),
+            (self.ours.available()[0], self.ours.available()[1]),
+            (os.access(os.path.join(PG_BIN, "postgres"), os.X_OK),
+             f"PostgreSQL 15 not installed ({PG_BIN}; scripts/install-deps.sh)"),
+            (shutil.which("uv"), "uv is not on PATH (scripts/install-deps.sh installs it)"),
+            (shutil.which("npm"), "npm is not on PATH (scripts/install-deps.sh installs it)"),
+        ]) or offline("https://pypi.org/simple/")  # the cold start's venv (npm: a file: dependency)
+
+    def bench_critical(self):
+        name, runs = "critical", self.a.critical_runs
+        why = self.critical_missing()
+        if why:
+            return self.skip_section(name, why)
+        log(f"critical: warm start critical path, 1 cold start + {plural(runs, 'warm start')}")
+        d = self.dir(name)
+        jf = os.path.join(d, "critical.json")
+        env = dict(os.environ, DMP_CONTAINED_BIN=self.a.bin)
+        got = self.script(name, [os.path.join(HERE, "critical-path.sh"), "--json", jf,
+                                 "--md", os.path.join(d, "critical.md"), str(runs)], jf,
+                          900 + runs * 120, env)
+        if got:
+            ratio = stats(got["wall_over_links"])
+            self.results["benchmarks"][name] = {
+                "runs": got["runs"], "wall_s": stats(got["wall_s"]), "links_s": stats(got["links_s"]),
+                "wall_over_links": ratio, "path": got["path"], "links": got["links"],
+                "cached": got["cached"], "target": "≤ 1.2×", "met": ratio["median"] <= 1.2,
+                "script": self.script_command(name)}
+
+    def bench_heap(self):
+        name, secs = "heap", self.a.heap_secs
+        ok, why = self.ours.available()
+        if not ok:
+            return self.skip_section(name, why)
+        log(f"heap: the supervisor's memory over a {secs} s chaos run")
+        jf = os.path.join(self.dir(name), "heap.json")
+        got = self.script(name, [sys.executable, os.path.join(HERE, "heap_chaos.py"),
+                                 "--secs", str(secs), "--bin", self.a.bin,
+                                 "--out", self.a.out + "-heap.tsv", "--json", jf], jf, secs + 120)
+        if got:
+            self.results["benchmarks"][name] = dict(got, target="flat",
+                                                    script=self.script_command(name))
+
     # ---------------------------------------------------------------- report
+    def report_venv(self, b, out):
+        out.append(f"\n## venv creation, uv vs pip ({plural(b['runs'], 'run')}; seconds)\n")
+        out.append("| app | mode | uv s | pip s | pip ÷ uv (medians) | target |")
+        out.append("|---|---|---|---|---|---|")
+        for r in b["rows"]:
+            mode = "no-op" if r["mode"] == "noop" else r["mode"]
+            out.append(f"| {r['app']} | {mode} | {self.mmm(r['uv_s'], '', 2)} | "
+                       f"{self.mmm(r['pip_s'], '', 2)} | {r['pip_over_uv']:.1f}× | "
+                       f"{r['target']}{self.verdict(r['met'])} |")
+        out.append(f"\nEach cell is one app's whole `make-venv APP VENV` (tests/fixtures/dmp-like), "
+                   "timed from outside; \"all apps\" sums each run's apps. cold = empty installer "
+                   "cache, new venv; cache = cache filled, new venv; no-op = the venv already has "
+                   "everything. A warm supervisor start does not run make-venv at all (the step is "
+                   "cached), so \"warm unchanged\" is read here as uv no slower than pip on a "
+                   f"no-op run. {b['versions']}; real PyPI.")
+
+    def report_critical(self, b, out):
+        out.append(f"\n## Warm start critical path (1 cold start, then "
+                   f"{plural(b['runs'], 'warm start')})\n")
+        out.append("| figure | min / median / max | target |")
+        out.append("|---|---|---|")
+        out.append(f"| warm start, supervisor start → app ready (s) | {self.mmm(b['wall_s'], '', 2)} | — |")
+        out.append(f"| sum of the critical path's links (s) | {self.mmm(b['links_s'], '', 2)} | — |")
+        out.append(f"| wall ÷ sum of links | {self.mmm(b['wall_over_links'], '×', 2)} | "
+                   f"{b['target']}{self.verdict(b['met'])} |")
+        links = ", ".join(f"{k} {v:.3f} s" for k, v in b["links"].items())
+        out.append(f"\nA DMp-like stack: PostgreSQL 15 ← seed (snapshotted) ← migrate; venv (uv) and "
+                   "frontend (npm) in parallel; a Flask app after all of them. The critical path is "
+                   "walked back from the app, taking at each entry the dependency that finished "
+                   f"last. Last run: {b['path'].replace(' <- ', ' ← ')}; links: {links}; "
+                   f"cached (not run): {', '.join(b['cached']) or 'none'}.")
+
+    def report_heap(self, b, out):
+        out.append(f"\n## Supervisor heap over a chaos run ({b['secs']} s)\n")
+        out.append("| kB | first after warm-up | min / median / max | last | slope kB/min, "
+                   "whole run | slope kB/min, 2nd half | target |")
+        out.append("|---|---|---|---|---|---|---|")
+        for k, v in b["memory"].items():
+            out.append(f"| {self.cell(k)} | {v['first']} | {self.mmm(v, '', 0)} | {v['last']} | "
+                       f"{v['slope_kb_min']:.1f} | {v['slope2_kb_min']:.1f} | {b['target']} |")
+        out.append(f"\n{b['kills']} SIGKILLs ({b['group_kills']} of whole process groups), "
+                   f"{b['restarts']} restarts, {b['polls']} API reads ({b['poll_errors']} failed), "
+                   f"{b['followers']} `/logs?follow` followers; rings of 50 lines. "
+                   f"{b['samples']} samples, one a second from {b['warm_from_s']:.0f} s (warm); "
+                   f"2nd half from {b['second_half_from_s']:.0f} s; slopes of a straight-line fit. "
+                   "Flat = the 2nd-half slope near 0 (a leak keeps growing); the heap grows "
+                   "for about the first 4 minutes (BENCHMARKS.md), so a short run's slopes "
+                   f"include warm-up. Raw samples: `{rel(b['tsv'])}`.")
+
     def meta(self):
         def ver(cmd):
             try:
@@ -791,8 +1088,10 @@ class Bench:
             pass
         rev = ver(["git", "-C", REPO, "rev-parse", "--short", "HEAD"])
         m = {
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "host": f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs ({cpu})",
+            "date": self.started["date"],
+            "machine": f"nproc {len(os.sched_getaffinity(0))} ({cpu}), load average at start "
+                       f"{self.started['load']}; {platform.system()} {platform.release()}",
+            "commit": rev,
             "command": (os.environ.get("BENCH_COMMAND") or "python3 bench/bench.py " + " ".join(sys.argv[1:])).strip(),
             OURS: (f"{self.ours.binary} (git {rev})" if self.ours.available()[0] else "not available"),
             "supervisord": ver(["supervisord", "--version"]),
@@ -845,141 +1144,188 @@ class Bench:
 
     def report(self):
         B = self.results["benchmarks"]
-        out = []
+        out = self.report_header()
+        for name in REPORT_ORDER:
+            if name not in B:
+                continue
+            b = B[name]
+            if "skip" in b or "failed" in b:
+                out.append(f"\n## {TITLES[name]}\n")
+                out.append(f"_skipped: {b['skip']}_" if "skip" in b else f"_failed: {self.cell(b['failed'])}_")
+            else:
+                getattr(self, "report_" + name)(b, out)
+            alone = self.script_command(name)
+            out.append(f"\nReproduce this section: `{self.repro(name)}`"
+                       + (f"; the script alone: `{alone}`" if alone else "") + ".")
+        return "\n".join(out) + "\n"
+
+    def repro(self, name):
+        """The command that reruns one section the way this run ran it."""
+        opts = "".join(f" --{k.replace('_', '-')} {getattr(self.a, k)}" for k in SECTION_OPTS[name])
+        if os.environ.get("BENCH_COMMAND"):
+            env = "" if self.default_bin() else f"DMP_CONTAINED_BIN={shlex.quote(self.a.bin)} "
+            return f"{env}bench/run.sh --only {name}{opts}"
+        return (f"python3 bench/bench.py --tools-dir {shlex.quote(rel(self.a.tools_dir))} "
+                f"--bin {shlex.quote(rel(self.a.bin))} --only {name}{opts}")
+
+    def report_header(self):
         m = self.meta()
-        out.append("# Benchmark results (latest run)\n")
-        out.append(f"- date: {m['date']}\n- host: {m['host']}\n- command: `{m['command']}`")
+        out = ["# Benchmark results (latest run)\n",
+               f"- date: {m['date']}\n- machine: {m['machine']}\n- commit: {m['commit']}\n"
+               f"- command: `{m['command']}`"]
         for k in (OURS, "supervisord", "horust", "tini"):
             out.append(f"- {k}: {m[k]}")
         out.append("\nCells are min / **median** / max; ratio = tool median ÷ dmp-contained median "
-                   "(> 1 means dmp-contained is better for time, memory and CPU).\n")
+                   "(> 1 means dmp-contained is better for time, memory and CPU); the venv, "
+                   "critical path and heap sections say their own ratio and target.\n")
         for w in self.warnings:
             out.append(f"> warning: {w}\n")
+        return out
 
-        def skipped(name):
-            for t, why in B.get(name, {}).get("skipped", {}).items():
-                out.append(f"\n_{t} skipped: {why}_")
+    @staticmethod
+    def skipped(b, out):
+        for t, why in b.get("skipped", {}).items():
+            out.append(f"\n_{t} skipped: {why}_")
 
-        if "idle" in B:
-            b = B["idle"]
-            ref = b.get(OURS)
-            out.append(f"\n## Idle: 10 `sleep infinity` children, {self.a.idle_seconds} s window\n")
-            out.append("| tool | supervisor procs | RSS kB | RSS ratio | PSS kB | PSS ratio | anonymous kB | CPU ticks / window | CPU ratio | context switches | children |")
-            out.append("|---|---|---|---|---|---|---|---|---|---|---|")
-            for t, v in b.items():
-                if t == "skipped":
-                    continue
-                out.append(f"| {t} | {v['supervisor_procs']} | {self.mmm(v['rss_kb'])} | "
-                           f"{self.ratio(v['rss_kb'], ref and ref['rss_kb'])} | {self.mmm(v['pss_kb'])} | "
-                           f"{self.ratio(v['pss_kb'], ref and ref['pss_kb'])} | {self.mmm(v['anon_kb'])} | {v['cpu_ticks']} "
-                           f"({v['cpu_ms']:.0f} ms) | {self.ratio(v['cpu_ticks'], ref and ref['cpu_ticks'])} | "
-                           f"{v['ctx_switches']} | {v['children']} |")
-            skipped("idle")
-            if ref and ref.get("processes"):
-                parts = ", ".join(f"{p['role']} {p['rss_kb']} / {p['pss_kb']} / {p['anon_kb']}"
-                                  for p in ref["processes"])
-                out.append(f"\n{OURS} per process (RSS / PSS / anonymous kB, last sample): {parts}.")
-            out.append("\nRSS, PSS, anonymous = sums over the supervisor's own processes from "
-                       "/proc/PID/smaps_rollup (dmp-contained: shim + "
-                       "supervisor; tini: tini alone, its 10 sleeps run under "
-                       "tests/fixtures/spawn-sleepers.sh), sampled every 5 s; PSS divides each shared "
-                       "page among the processes mapping it, so pages our two processes share count "
-                       "once in the sum; CPU = utime+stime delta "
-                       f"(1 tick = {1000 // CLK_TCK} ms); context switches summed over threads (wake-ups).")
-        if "logs" in B:
-            b = B["logs"]
-            ref = b.get(OURS)
-            out.append(f"\n## Log throughput: {self.a.lines:,} lines × 100 bytes, {self.a.runs} runs\n")
-            out.append("| tool | wall s | wall ratio | lines lost | tool CPU s | notes |")
-            out.append("|---|---|---|---|---|---|")
-            for t, v in b.items():
-                if t == "skipped":
-                    continue
-                notes = [v.get("note") or ""]
-                if v.get("timeouts"):
-                    notes.append(f"{v['timeouts']} run(s) timed out")
-                if v.get("prefixed"):
-                    notes.append(f"`prod | ` prefixed lines: {self.fmt(v['prefixed']['median'], '', 0)}")
-                if v.get("out_of_order") and v["out_of_order"]["max"]:
-                    notes.append(f"out of order: {v['out_of_order']['max']}")
-                if v.get("duplicates") and v["duplicates"]["max"]:
-                    notes.append(f"duplicates: {v['duplicates']['max']}")
-                out.append(f"| {self.cell(t)} | {self.mmm(v['wall_s'], '', 2)} | {self.ratio(v['wall_s'], ref and ref['wall_s'])} | "
-                           f"{self.mmm(v['lost'], '', 0)} | {self.mmm(v['cpu_s'], '', 2)} | {self.cell('; '.join(x for x in notes if x))} |")
-            skipped("logs")
-            if self.a.logs_sink == "pipe":
-                out.append("\nEvery tool's stdout, and the raw pipe's producer, write into the same "
-                           "consumer (`bench/line-sink.c`: 1 MiB reads, checks the sequence and the "
-                           "`prod | ` prefix). Wall = tool start → the consumer reads the producer's "
-                           "last line; lines lost = produced − lines in sequence (dmp-contained: "
-                           "counted only with the prefix); tool CPU = CPU of the tool's whole process "
-                           "tree minus the producer's and the consumer's (start-up and shutdown "
-                           "included). `--logs-sink file` gives the older file-based table.")
-            else:
-                out.append("\nWall = tool start → producer's last line present in the output file (stdout "
-                           "redirected to a file, polled by the harness); lines lost = produced − distinct "
-                           "payload lines found (dmp-contained: counted only with the `prod | ` prefix); "
-                           "tool CPU = CPU of the tool's whole process tree minus the producer's own "
-                           "(start-up and shutdown included).")
-        if "restart" in B:
-            b = B["restart"]
-            ref = b.get(OURS)
-            out.append(f"\n## Restart latency after SIGKILL ({self.a.restart_kills} kills, 0.3 s apart)\n")
-            out.append("| tool | latency ms | ratio | failures | config |")
-            out.append("|---|---|---|---|---|")
-            for t, v in b.items():
-                if t == "skipped":
-                    continue
-                if "na" in v:
-                    out.append(f"| {t} | n/a | — | — | {v['na']} |")
-                    continue
-                out.append(f"| {t} | {self.mmm(v['latency_ms'], '', 2)} | "
-                           f"{self.ratio(v['latency_ms'], ref and ref['latency_ms'])} | "
-                           f"{v['failures']}/{v['kills']} | {v.get('note', '')} |")
-            skipped("restart")
-            out.append("\nLatency = SIGKILL sent → replacement's first instruction (it stamps CLOCK_MONOTONIC).")
-        if "zombies" in B:
-            b = B["zombies"]
-            out.append(f"\n## Zombies after 1,000 orphaned grandchildren, tool as PID 1 ({self.a.runs} runs)\n")
-            out.append("| PID 1 | zombies at 100 ms | zombies at 1 s | orphans made | errors |")
-            out.append("|---|---|---|---|---|")
-            for t, v in b.items():
-                if t == "skipped":
-                    continue
-                out.append(f"| {t} | {self.mmm(v['zombies_100ms'], '', 0)} | {self.mmm(v['zombies_1s'], '', 0)} | "
-                           f"{self.mmm(v['orphans'], '', 0)} | {v['errors']} |")
-            skipped("zombies")
-            out.append("\n`unshare --pid --fork --mount-proc TOOL …`; a child forks 1,000 processes that "
-                       "sleep 50 ms and exit, and exits itself at once; Z-state processes in the "
-                       "namespace counted 100 ms and 1 s after the last fork. supervisord reaps at most "
-                       "100 pids per 1 s loop iteration, Horust 20 pids per 300 ms iteration.")
-        if "shutdown" in B:
-            b = B["shutdown"]
-            out.append(f"\n## Shutdown on SIGTERM, 10 children ({self.a.runs} runs per row)\n")
-            out.append("| tool | variant | time s | ratio | exit code | children left running | config |")
-            out.append("|---|---|---|---|---|---|---|")
-            for t, v in b.items():
-                if t == "skipped":
-                    continue
-                ref = b.get(f"{OURS} — {v['variant']}")
-                tl = self.mmm(v["time_s"], "", 3)
-                if v["timeouts"]:
-                    tl += f" ({v['timeouts']} > {self.a.shutdown_timeout}s)"
-                out.append(f"| {v['tool']} | {v['variant']} | {tl} | {self.ratio(v['time_s'], ref and ref['time_s'])} | "
-                           f"{', '.join(v['exit_codes'])} | {self.mmm(v['left_running'], '', 0)} | {v['note']} |")
-            skipped("shutdown")
-            out.append("\nTime = SIGTERM to the tool → tool exited (not PID 1); left running = children "
-                       "still alive afterwards (they were then killed by the harness).")
-        return "\n".join(out) + "\n"
+    @staticmethod
+    def verdict(met):
+        return "" if met is None else (": **met**" if met else ": **missed**")
+
+    def report_idle(self, b, out):
+        ref = b.get(OURS)
+        out.append(f"\n## Idle: 10 `sleep infinity` children, {self.a.idle_seconds} s window\n")
+        out.append("| tool | supervisor procs | RSS kB | RSS ratio | PSS kB | PSS ratio | anonymous kB | CPU ticks / window | CPU ratio | context switches | children |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for t, v in b.items():
+            if t == "skipped":
+                continue
+            out.append(f"| {t} | {v['supervisor_procs']} | {self.mmm(v['rss_kb'])} | "
+                       f"{self.ratio(v['rss_kb'], ref and ref['rss_kb'])} | {self.mmm(v['pss_kb'])} | "
+                       f"{self.ratio(v['pss_kb'], ref and ref['pss_kb'])} | {self.mmm(v['anon_kb'])} | {v['cpu_ticks']} "
+                       f"({v['cpu_ms']:.0f} ms) | {self.ratio(v['cpu_ticks'], ref and ref['cpu_ticks'])} | "
+                       f"{v['ctx_switches']} | {v['children']} |")
+        self.skipped(b, out)
+        if ref and ref.get("processes"):
+            parts = ", ".join(f"{p['role']} {p['rss_kb']} / {p['pss_kb']} / {p['anon_kb']}"
+                              for p in ref["processes"])
+            out.append(f"\n{OURS} per process (RSS / PSS / anonymous kB, last sample): {parts}.")
+        out.append("\nRSS, PSS, anonymous = sums over the supervisor's own processes from "
+                   "/proc/PID/smaps_rollup (dmp-contained: shim + "
+                   "supervisor; tini: tini alone, its 10 sleeps run under "
+                   "tests/fixtures/spawn-sleepers.sh), sampled every 5 s; PSS divides each shared "
+                   "page among the processes mapping it, so pages our two processes share count "
+                   "once in the sum; CPU = utime+stime delta "
+                   f"(1 tick = {1000 // CLK_TCK} ms); context switches summed over threads (wake-ups).")
+
+    def report_logs(self, b, out):
+        out.append(f"\n## Log throughput: {self.a.lines:,} lines × 100 bytes, {self.a.runs} runs\n")
+        out.append("| tool | wall s | wall ratio | lines lost | tool CPU s | notes |")
+        out.append("|---|---|---|---|---|---|")
+        for t, v in b.items():
+            if t == "skipped":
+                continue
+            notes = [v.get("note") or ""]
+            if v.get("timeouts"):
+                notes.append(f"{v['timeouts']} run(s) timed out")
+            if v.get("prefixed"):
+                notes.append(f"`prod | ` prefixed lines: {self.fmt(v['prefixed']['median'], '', 0)}")
+            if v.get("out_of_order") and v["out_of_order"]["max"]:
+                notes.append(f"out of order: {v['out_of_order']['max']}")
+            if v.get("duplicates") and v["duplicates"]["max"]:
+                notes.append(f"duplicates: {v['duplicates']['max']}")
+            ref = b.get(v.get("ref", OURS))
+            out.append(f"| {self.cell(t)} | {self.mmm(v['wall_s'], '', 2)} | {self.ratio(v['wall_s'], ref and ref['wall_s'])} | "
+                       f"{self.mmm(v['lost'], '', 0)} | {self.mmm(v['cpu_s'], '', 2)} | {self.cell('; '.join(x for x in notes if x))} |")
+        self.skipped(b, out)
+        if self.a.logs_sink == "pipe":
+            out.append("\nEvery tool's stdout, and the raw pipe's producer, write into the same "
+                       "consumer (`bench/line-sink.c`: 1 MiB reads, checks the sequence and the "
+                       "`prod | ` prefix). Wall = tool start → the consumer reads the producer's "
+                       "last line; lines lost = produced − lines in sequence (dmp-contained: "
+                       "counted only with the prefix); tool CPU = CPU of the tool's whole process "
+                       "tree minus the producer's and the consumer's (start-up and shutdown "
+                       "included). `--logs-sink file` gives the older file-based table.")
+            if RAW_PINNED in b:
+                out.append("\nPinned rows (`taskset -c`): the producer on CPU 0, the tool and "
+                           "line-sink on CPU 1; their wall ratio is against the pinned "
+                           "dmp-contained row. On 2 shared cores the kernel's placement of three "
+                           "busy processes dominates the unpinned wall time; pinned, the rows show "
+                           "what the capture itself costs.")
+        else:
+            out.append("\nWall = tool start → producer's last line present in the output file (stdout "
+                       "redirected to a file, polled by the harness); lines lost = produced − distinct "
+                       "payload lines found (dmp-contained: counted only with the `prod | ` prefix); "
+                       "tool CPU = CPU of the tool's whole process tree minus the producer's own "
+                       "(start-up and shutdown included).")
+
+    def report_restart(self, b, out):
+        ref = b.get(OURS)
+        out.append(f"\n## Restart latency after SIGKILL ({self.a.restart_kills} kills, 0.3 s apart)\n")
+        out.append("| tool | latency ms | ratio | failures | config |")
+        out.append("|---|---|---|---|---|")
+        for t, v in b.items():
+            if t == "skipped":
+                continue
+            if "na" in v:
+                out.append(f"| {t} | n/a | — | — | {v['na']} |")
+                continue
+            out.append(f"| {t} | {self.mmm(v['latency_ms'], '', 2)} | "
+                       f"{self.ratio(v['latency_ms'], ref and ref['latency_ms'])} | "
+                       f"{v['failures']}/{v['kills']} | {v.get('note', '')} |")
+        self.skipped(b, out)
+        out.append("\nLatency = SIGKILL sent → replacement's first instruction (it stamps CLOCK_MONOTONIC).")
+
+    def report_zombies(self, b, out):
+        out.append(f"\n## Zombies after 1,000 orphaned grandchildren, tool as PID 1 ({self.a.runs} runs)\n")
+        out.append("| PID 1 | zombies at 100 ms | zombies at 1 s | orphans made | errors |")
+        out.append("|---|---|---|---|---|")
+        for t, v in b.items():
+            if t == "skipped":
+                continue
+            out.append(f"| {t} | {self.mmm(v['zombies_100ms'], '', 0)} | {self.mmm(v['zombies_1s'], '', 0)} | "
+                       f"{self.mmm(v['orphans'], '', 0)} | {v['errors']} |")
+        self.skipped(b, out)
+        out.append("\n`unshare --pid --fork --mount-proc TOOL …`; a child forks 1,000 processes that "
+                   "sleep 50 ms and exit, and exits itself at once; Z-state processes in the "
+                   "namespace counted 100 ms and 1 s after the last fork. supervisord reaps at most "
+                   "100 pids per 1 s loop iteration, Horust 20 pids per 300 ms iteration.")
+
+    def report_shutdown(self, b, out):
+        out.append(f"\n## Shutdown on SIGTERM, 10 children ({self.a.runs} runs per row)\n")
+        out.append("| tool | variant | time s | ratio | exit code | children left running | config |")
+        out.append("|---|---|---|---|---|---|---|")
+        for t, v in b.items():
+            if t == "skipped":
+                continue
+            ref = b.get(f"{OURS} — {v['variant']}")
+            tl = self.mmm(v["time_s"], "", 3)
+            if v["timeouts"]:
+                tl += f" ({v['timeouts']} > {self.a.shutdown_timeout}s)"
+            out.append(f"| {v['tool']} | {v['variant']} | {tl} | {self.ratio(v['time_s'], ref and ref['time_s'])} | "
+                       f"{', '.join(v['exit_codes'])} | {self.mmm(v['left_running'], '', 0)} | {v['note']} |")
+        self.skipped(b, out)
+        out.append("\nTime = SIGTERM to the tool → tool exited (not PID 1); left running = children "
+                   "still alive afterwards (they were then killed by the harness).")
+
+
+def run_section(b, name):
+    """One section; an exception marks it failed in the report instead of ending the run."""
+    t = time.monotonic()
+    try:
+        getattr(b, "bench_" + name)()
+    except Exception as e:  # noqa: BLE001 - the other sections still run
+        traceback.print_exc()
+        b.results["benchmarks"][name] = {"failed": f"{type(e).__name__}: {e}"}
+    log(f"{name}: done in {time.monotonic() - t:.0f}s")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tools-dir", default=os.path.join(HERE, ".tools"))
-    ap.add_argument("--bin", default=os.path.join(REPO, "target", "release", "dmp-contained"))
+    ap.add_argument("--bin", default=DEFAULT_BIN)
     ap.add_argument("--horust")
     ap.add_argument("--horust-install-pid", type=int)
-    ap.add_argument("--only", default="logs,zombies,restart,shutdown,idle")
+    ap.add_argument("--only", default=",".join(SECTIONS), help="sections, comma-separated")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--logs-timeout", type=float, default=90)
@@ -989,6 +1335,9 @@ def main():
     ap.add_argument("--restart-kills", type=int, default=20)
     ap.add_argument("--idle-seconds", type=int, default=30)
     ap.add_argument("--shutdown-timeout", type=float, default=20)
+    ap.add_argument("--venv-runs", type=int, default=3)
+    ap.add_argument("--critical-runs", type=int, default=5)
+    ap.add_argument("--heap-secs", type=int, default=300)
     ap.add_argument("--out", default=os.path.join(HERE, "results-latest"))
     ap.add_argument("--keep-tmp", action="store_true")
     a = ap.parse_args()
@@ -996,19 +1345,18 @@ def main():
     a.bin = os.path.abspath(a.bin) if a.bin else None
     a.horust = os.path.abspath(a.horust) if a.horust else None
     a.out = os.path.abspath(a.out)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
     if os.geteuid() != 0:
         log("warning: not root; the PID-1 (unshare) benchmark needs root")
+    order = [x.strip() for x in a.only.split(",") if x.strip()]
+    unknown = [x for x in order if x not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown benchmark {', '.join(unknown)} (known: {','.join(SECTIONS)})")
     b = Bench(a)
     t0 = time.monotonic()
-    order = [x.strip() for x in a.only.split(",") if x.strip()]
     try:
         for x in order:
-            fn = getattr(b, "bench_" + x, None)
-            if not fn:
-                ap.error(f"unknown benchmark {x}")
-            t = time.monotonic()
-            fn()
-            log(f"{x}: done in {time.monotonic() - t:.0f}s")
+            run_section(b, x)
     finally:
         if not a.keep_tmp:
             shutil.rmtree(b.tmp, ignore_errors=True)

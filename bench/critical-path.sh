@@ -9,10 +9,22 @@
 # time (supervisor start -> app ready) is compared with the sum of the links' own durations
 # (start -> ready/done/cached of each entry on the path).
 #
-#   bench/critical-path.sh [RUNS]   (default 5; root, PostgreSQL 15, uv, npm, real PyPI for the cold start)
+#   bench/critical-path.sh [--json FILE] [--md FILE] [RUNS]
+#       RUNS default 5; root, PostgreSQL 15, uv, npm, real PyPI for the cold start. --json FILE: each
+#       warm run's figures, for bench/bench.py's critical section; --md FILE: the table's file
+#       instead of bench/results-critical-path.md.
 # Results: stdout and bench/results-critical-path.md.
 set -euo pipefail
+JSON= MD=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --json) JSON=$(realpath -m "$2"); shift 2 ;;
+        --md) MD=$(realpath -m "$2"); shift 2 ;;
+        *) break ;;
+    esac
+done
 cd "$(dirname "$0")/.."
+MD=${MD:-bench/results-critical-path.md}
 ROOT=$PWD
 RUNS=${1:-5}
 BIN=${DMP_CONTAINED_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/dmp-contained}
@@ -92,9 +104,9 @@ echo "cold start (not counted) ..." >&2
 run cold
 for r in $(seq 1 "$RUNS"); do run "warm$r"; done
 
-python3 - "$W" "$RUNS" <<'PY' | tee bench/results-critical-path.md
-import re, statistics, sys, datetime
-W, runs = sys.argv[1], int(sys.argv[2])
+python3 - "$W" "$RUNS" "$JSON" <<'PY' | tee "$MD"
+import re, statistics, sys, datetime, json
+W, runs, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 deps = {"postgres": [], "seed": ["postgres"], "migrate": ["seed"], "venv": [], "frontend": [], "app": ["migrate", "venv", "frontend", "postgres"]}
 ts = lambda s: datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 rows = []
@@ -130,4 +142,9 @@ print(f"| wall / sum of links | {mmm([r[2] for r in rows])} |")
 print(f"\nCritical path (last run): {rows[-1][3]}; links: " + ", ".join(f"{k} {v:.3f} s" for k, v in rows[-1][4].items()))
 print(f"Cached in the last run (not run): {', '.join(cached)}.")
 print(f"\nReproduce: `bench/critical-path.sh {runs}`.")
+if out:
+    with open(out, "w") as f:
+        json.dump({"runs": runs, "wall_s": [r[0] for r in rows], "links_s": [r[1] for r in rows],
+                   "wall_over_links": [r[2] for r in rows], "path": rows[-1][3],
+                   "links": rows[-1][4], "cached": cached}, f, indent=1)
 PY

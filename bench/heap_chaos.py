@@ -2,6 +2,7 @@
 """Does the supervisor's heap stay flat under churn? (issue #16)
 
     python3 bench/heap_chaos.py [--secs 120] [--bin target/release/dmp-contained] [--out TSV]
+                                [--json FILE]
 
 Starts `dmp-contained up` (not PID 1) with small rings (`log_lines = 50`, so they are full within
 seconds and stop growing) and six entries: a chatty one (a line every 10 ms), one that writes a
@@ -12,7 +13,8 @@ whole process group) every 20–80 ms, polls `/status` and `/logs/NAME` and open
 anonymous from /proc/PID/smaps_rollup; resident `[heap]` from /proc/PID/smaps). Prints the
 first sample after 15 s (all warm), the max, the last, and the slope of a straight-line fit over
 the whole run and over its second half, in kB per minute: a leak keeps growing, a warm heap is
-flat. Raw samples: bench/results-heap-chaos.tsv. Needs no root."""
+flat. Raw samples: bench/results-heap-chaos.tsv (--out); --json FILE: the same figures and
+counts as JSON (for bench/bench.py's heap section). Needs no root."""
 import argparse, json, os, random, signal, socket, statistics, subprocess, tempfile, threading, time
 import http.client, urllib.request
 
@@ -21,6 +23,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--secs", type=int, default=120)
 ap.add_argument("--bin", default=os.path.join(HERE, "..", "target", "release", "dmp-contained"))
 ap.add_argument("--out", default=os.path.join(HERE, "results-heap-chaos.tsv"), help="raw samples")
+ap.add_argument("--json", help="the printed figures and counts as JSON")
 a = ap.parse_args()
 
 d = tempfile.mkdtemp(prefix="dmp-heap-chaos-")
@@ -153,8 +156,16 @@ print(f"{a.secs} s: {counts['kills']} SIGKILLs ({counts['group_kills']} of whole
       f"{restarts} restarts, {counts['polls']} API reads ({counts['poll_errors']} failed), "
       f"{counts['followers']} followers; {len(warm)} samples after 15 s")
 print("| kB | first | max | last | slope kB/min | slope, 2nd half |\n|---|---|---|---|---|---|")
+memory = {}
 for i, name in ((1, "RSS"), (2, "PSS"), (3, "anonymous"), (4, "[heap]")):
     ts, v = [s[0] for s in warm], [s[i] for s in warm]
     slope = statistics.linear_regression(ts, v).slope * 60
     slope2 = statistics.linear_regression(ts[half:], v[half:]).slope * 60
     print(f"| {name} | {v[0]} | {max(v)} | {v[-1]} | {slope:.1f} | {slope2:.1f} |")
+    memory[name] = {"first": v[0], "min": min(v), "median": statistics.median(v), "max": max(v),
+                    "last": v[-1], "slope_kb_min": slope, "slope2_kb_min": slope2}
+if a.json:
+    with open(a.json, "w") as f:
+        json.dump({"secs": a.secs, "warm_from_s": warm[0][0], "samples": len(warm),
+                   "second_half_from_s": warm[half][0], "restarts": restarts, **counts,
+                   "memory": memory, "tsv": a.out}, f, indent=1)

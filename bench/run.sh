@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Benchmark harness: dmp-contained side by side with supervisord, Horust and tini (DESIGN.md §8).
+# Benchmark harness: dmp-contained side by side with supervisord, Horust and tini (DESIGN.md §8),
+# plus venv creation uv vs pip, the warm start critical path and the heap over a chaos run: one
+# report with min/median/max, ratios, the issue's targets and each section's reproducing command.
 #
 #   bench/run.sh [--wait-horust] [bench.py options...]
 #       e.g. bench/run.sh --only logs,restart --runs 5
+#            bench/run.sh --only venv,critical,heap --venv-runs 1 --critical-runs 1 --heap-secs 20
 #
 # Installs missing peers (supervisor, tini, gcc from Debian; Horust with `cargo install horust
 # --locked` into bench/.tools, started first in the background at low priority because it
@@ -10,7 +13,9 @@
 # runs bench/bench.py. A benchmark that reaches Horust before its build finished skips it and
 # says so (or pass --wait-horust). Results: stdout, bench/results-latest.md and .json.
 # Our binary: $DMP_CONTAINED_BIN or target/release/dmp-contained (not built here unless
-# --build is given). Needs root (unshare --pid for the PID-1 benchmark). Whole run < 15 min.
+# --build is given). Needs root (unshare --pid for the PID-1 benchmark; Postgres for the critical
+# path); venv needs uv and real PyPI. Sections whose prerequisites are missing are skipped, with
+# the reason in the report. Whole run ~15 min on 2 cores (venv 2-4 min, heap 5 min, the rest ~6).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -7,13 +7,25 @@
 #             start does not even run it: the step is `cached`)
 # Each run is one app's whole `make-venv APP VENV`, timed from outside. The network is real PyPI.
 #
-#   bench/venv-bench.sh [RUNS] [APPS...]   (default 3; api search-api buyer-frontend)
+#   bench/venv-bench.sh [--json FILE] [--md FILE] [RUNS] [APPS...]
+#       RUNS default 3; APPS default api search-api buyer-frontend; --json FILE: the raw seconds
+#       per installer, app ("all apps": each run's sum) and mode, for bench/bench.py's venv section;
+#       --md FILE: the table's file instead of bench/results-venv.md.
 #
 # PIP_FIND_LINKS / PIP_NO_INDEX and similar host settings are cleared so both installers fetch
 # from PyPI; each run gets its own empty cache dir (UV_CACHE_DIR / PIP_CACHE_DIR) for "cold".
 # Results: stdout and bench/results-venv.md.
 set -euo pipefail
+JSON= MD=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --json) JSON=$(realpath -m "$2"); shift 2 ;;
+        --md) MD=$(realpath -m "$2"); shift 2 ;;
+        *) break ;;
+    esac
+done
 cd "$(dirname "$0")/.."
+MD=${MD:-bench/results-venv.md}
 ROOT=$PWD
 RUNS=${1:-3}
 shift || true
@@ -61,9 +73,9 @@ for run in $(seq 1 "$RUNS"); do
 done
 
 VERSIONS="$(uv --version), $(/usr/bin/python3 --version), pip $(/usr/bin/python3 -c 'import ensurepip; print(ensurepip.version())') (ensurepip's, in each venv)"
-python3 - "$RAW" "$RUNS" "$APPS" "$VERSIONS" <<'PY' | tee bench/results-venv.md
-import statistics, sys, collections, datetime
-raw, runs, apps, versions = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4]
+python3 - "$RAW" "$RUNS" "$APPS" "$VERSIONS" "$JSON" <<'PY' | tee "$MD"
+import statistics, sys, collections, datetime, json
+raw, runs, apps, versions, out = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4], sys.argv[5]
 d = collections.defaultdict(list)
 for line in open(raw):
     inst, app, mode, s = line.split("\t")
@@ -71,6 +83,7 @@ for line in open(raw):
 def mmm(v): return "%.2f / %.2f / %.2f" % (min(v), statistics.median(v), max(v))
 print(f"## venv creation, uv vs pip ({runs} runs, {datetime.date.today()}; min / median / max, seconds)\n")
 print("| app | mode | uv | pip | pip / uv (median) |\n|---|---|---|---|---|")
+secs = {"uv": {}, "pip": {}}
 for app in apps + ["all apps"]:
     for mode in ("cold", "cache", "noop"):
         if app == "all apps":
@@ -78,7 +91,11 @@ for app in apps + ["all apps"]:
             p = [sum(x) for x in zip(*(d[("pip", a, mode)] for a in apps))]
         else:
             u, p = d[("uv", app, mode)], d[("pip", app, mode)]
+        secs["uv"].setdefault(app, {})[mode], secs["pip"].setdefault(app, {})[mode] = u, p
         ratio = statistics.median(p) / statistics.median(u)
         print(f"| {app} | {mode} | {mmm(u)} | {mmm(p)} | {ratio:.1f}× |")
 print(f"\n{versions}. Reproduce: `bench/venv-bench.sh {runs}` (real PyPI).")
+if out:
+    with open(out, "w") as f:
+        json.dump({"runs": runs, "apps": apps, "versions": versions, "seconds": secs}, f, indent=1)
 PY
