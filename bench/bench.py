@@ -6,9 +6,9 @@ Normally started through bench/run.sh, which installs the peers and builds the C
     python3 bench/bench.py --tools-dir bench/.tools [--bin target/release/dmp-contained]
                            [--only logs,zombies,restart,shutdown,idle,venv,critical,heap]
                            [--runs 3] [--lines 1000000] [--venv-runs 3] [--critical-runs 5]
-                           [--heap-secs 300]
+                           [--heap-secs 600]
 
-Benchmarks (each bounded in time; the whole run takes about 15 minutes on 2 cores, over half
+Benchmarks (each bounded in time; the whole run takes about 20 minutes on 2 cores, over half
 of it venv and heap):
   idle      RSS of the supervisor's own processes (for dmp-contained: shim + supervisor; workloads
             excluded) and CPU ticks + context switches over 30 s, with 10 `sleep infinity` children.
@@ -1337,7 +1337,7 @@ def main():
     ap.add_argument("--shutdown-timeout", type=float, default=20)
     ap.add_argument("--venv-runs", type=int, default=3)
     ap.add_argument("--critical-runs", type=int, default=5)
-    ap.add_argument("--heap-secs", type=int, default=300)
+    ap.add_argument("--heap-secs", type=int, default=600)
     ap.add_argument("--out", default=os.path.join(HERE, "results-latest"))
     ap.add_argument("--keep-tmp", action="store_true")
     a = ap.parse_args()

@@ -15,7 +15,7 @@
 # Our binary: $DMP_CONTAINED_BIN or target/release/dmp-contained (not built here unless
 # --build is given). Needs root (unshare --pid for the PID-1 benchmark; Postgres for the critical
 # path); venv needs uv and real PyPI. Sections whose prerequisites are missing are skipped, with
-# the reason in the report. Whole run ~15 min on 2 cores (venv 2-4 min, heap 5 min, the rest ~6).
+# the reason in the report. Whole run ~20 min on 2 cores (venv 2-4 min, heap 10 min, the rest ~6).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
