@@ -378,7 +378,9 @@ optional = true
         (events, cpu_s, t0.elapsed().as_secs_f64(), s1)
     };
     let (e0, cpu0, w0, _) = measure();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Set to the last event's seq once it is known: each subscriber reads until it has that
+    // event (it may still be on its way when the window ends), or for 10 s more at most.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let subs: Vec<_> = (0..50)
         .map(|_| {
             let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
@@ -390,7 +392,20 @@ optional = true
             std::thread::spawn(move || {
                 let mut text = Vec::new();
                 let mut buf = [0u8; 65536];
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut deadline = None;
+                loop {
+                    let last = stop.load(std::sync::atomic::Ordering::Relaxed);
+                    if last > 0 {
+                        let until = *deadline.get_or_insert_with(|| {
+                            std::time::Instant::now() + Duration::from_secs(10)
+                        });
+                        let want = format!("\"seq\":{last},");
+                        if std::time::Instant::now() > until
+                            || String::from_utf8_lossy(&text).contains(&want)
+                        {
+                            break;
+                        }
+                    }
                     match c.read(&mut buf) {
                         Ok(0) => break,
                         Ok(n) => text.extend_from_slice(&buf[..n]),
@@ -405,7 +420,7 @@ optional = true
     std::thread::sleep(Duration::from_millis(300));
     let first = seq() + 1;
     let (e1, cpu1, w1, last) = measure();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(last, std::sync::atomic::Ordering::Relaxed);
     let re = regex::Regex::new(r#""seq":(\d+)"#).unwrap();
     let mut complete = 0;
     for h in subs {
