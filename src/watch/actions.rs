@@ -139,7 +139,15 @@ impl LoopGuard {
     }
 }
 
-/// Whether `file` (relative to one of `roots`) was last modified within `window`.
+/// How far a file's mtime may lag the moment it was written: the kernel stamps files with its
+/// coarse clock, which advances once per tick (up to 10 ms at HZ=100; measured here: mtimes up
+/// to 3 ms older than a precise clock read before the write). A train's files are stamped
+/// within milliseconds of its start, so without this slack a loop would go unseen. A user's
+/// save this shortly before a train belongs to that train, not to the next one's evidence.
+const MTIME_GRANULARITY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Whether `file` (relative to one of `roots`) was last modified within `window` (its start
+/// moved back by `MTIME_GRANULARITY`).
 pub fn modified_in(
     roots: &[std::path::PathBuf],
     file: &str,
@@ -152,7 +160,7 @@ pub fn modified_in(
                 .and_then(|m| m.modified())
                 .ok()
         })
-        .is_some_and(|t| t >= window.0 && t <= window.1)
+        .is_some_and(|t| t + MTIME_GRANULARITY >= window.0 && t <= window.1)
 }
 
 #[cfg(test)]
@@ -241,5 +249,29 @@ mod loop_tests {
             (after, after + Duration::from_secs(1))
         ));
         assert!(!modified_in(&roots, "missing", (before, after)));
+    }
+
+    /// A file written just after a train started may carry an mtime from just before it (the
+    /// kernel's coarse clock): it still counts; one from well before does not.
+    #[test]
+    fn an_mtime_a_tick_before_the_window_still_counts() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), "x").unwrap();
+        let m = std::fs::metadata(d.path().join("a"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        let roots = vec![d.path().to_path_buf()];
+        let end = m + Duration::from_secs(1);
+        assert!(modified_in(
+            &roots,
+            "a",
+            (m + Duration::from_millis(4), end)
+        ));
+        assert!(!modified_in(
+            &roots,
+            "a",
+            (m + Duration::from_millis(30), end)
+        ));
     }
 }
