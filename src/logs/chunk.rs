@@ -107,7 +107,7 @@ impl Chunk {
     }
 
     /// Appends lines from `i` on as output until `buf` holds `limit` bytes or the chunk ends;
-    /// returns the next line's index (the hot loop of stdout output).
+    /// returns the next line's index (the writer thread's hot loop).
     pub fn format_lines(
         &self,
         buf: &mut Vec<u8>,

@@ -1,7 +1,7 @@
 //! Log capture: a service's pipe → lines (`chunk`) → its entry's ring, followers and log file
-//! (`ring`) → the supervisor's stdout as `name | line` or JSON (`output`: written at once
-//! without waiting while a stdout pipe has room, else by a writer thread of its own). Log
-//! volume never passes through the control loop, and nothing here may wait on it. This module owns the pump (one task per pipe) and the types the API reads (`Line`,
+//! (`ring`) → the supervisor's stdout as `name | line` or JSON (`output`, a writer thread of
+//! its own). Log volume never passes through the control loop, and nothing here may wait on
+//! it. This module owns the pump (one task per pipe) and the types the API reads (`Line`,
 //! `Stream`, `Format`); it may not touch lifecycle state or the loop's channels.
 
 mod chunk;
@@ -57,7 +57,7 @@ const READ_SMALL: usize = 4 << 10;
 
 /// Reads a pipe until EOF, feeding lines to the entry log. The last partial line is flushed.
 /// A big read's buffer becomes its chunk (`Chunk::from_read`): the bytes are copied once, by
-/// the kernel, on their way to the ring, and once more with prefixes, on their way out.
+/// the kernel, on their way to the ring, and once more by the writer thread, with prefixes.
 pub async fn pump<R: AsyncRead + Unpin>(
     mut r: R,
     log: Arc<EntryLog>,

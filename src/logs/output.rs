@@ -32,11 +32,11 @@ const DIRECT_BUF_KEPT: usize = 64 << 10;
 /// stuck (nobody reads it); until it moves again, output is dropped rather than waited for.
 const STALL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Where formatted service output goes (the supervisor's stdout): written by capture itself
-/// while a stdout pipe takes it without waiting, else by a thread of its own. A stdout nobody
-/// reads (a paused terminal, `up | less`, a stalled log driver) fills a bounded queue and then
-/// costs dropped, counted lines — never a blocked control loop. The queue holds references to
-/// the chunks; the writer thread adds the `name | ` prefixes, off the control loop's thread.
+/// Where formatted service output goes (the supervisor's stdout), written by a thread of its
+/// own: a stdout nobody reads (a paused terminal, `up | less`, a stalled log driver) fills a
+/// bounded queue and then costs dropped, counted lines — never a blocked control loop.
+/// Capture only queues a reference to each chunk; the writer thread adds the `name | `
+/// prefixes, off the control loop's thread.
 pub struct Output {
     pub format: Format,
     queue: Mutex<Queue>,
