@@ -24,9 +24,9 @@ pub const OUTPUT_QUEUE: usize = 8 << 20;
 /// one `write` per batch, and a buffer that stays this small however much is queued.
 const WRITE_BATCH: usize = 128 << 10;
 
-/// A direct write's formatting buffer is kept for the next one up to this size; a bigger one
-/// (a burst's 256 KiB reads) goes back to the heap, which `trim` returns once things are quiet.
-const DIRECT_BUF_KEPT: usize = 64 << 10;
+/// A direct write's formatting buffer is kept for the next one up to this size (a pipe read
+/// is at most 256 KiB, a little more with prefixes).
+const DIRECT_BUF_KEPT: usize = 512 << 10;
 
 /// Named timer: a full queue whose writer made no progress for this long means stdout is
 /// stuck (nobody reads it); until it moves again, output is dropped rather than waited for.
