@@ -1244,7 +1244,12 @@ class Bench:
                        "last line; lines lost = produced − lines in sequence (dmp-contained: "
                        "counted only with the prefix); tool CPU = CPU of the tool's whole process "
                        "tree minus the producer's and the consumer's (start-up and shutdown "
-                       "included). `--logs-sink file` gives the older file-based table.")
+                       "included). `--logs-sink file` gives the older file-based table. "
+                       "Each tool runs in a session of its own (as in a container, the tool and "
+                       "its services form one scheduling group; with the kernel's autogroups on, "
+                       "the group shares the CPUs fairly with the consumer's session), so the "
+                       "capture's CPU comes out of the producer's share; `bench/logs_ab.py` runs "
+                       "everything in one session.")
             if RAW_PINNED in b:
                 out.append("\nPinned rows (`taskset -c`): the producer on CPU 0, the tool and "
                            "line-sink on CPU 1; their wall ratio is against the pinned "

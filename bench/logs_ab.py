@@ -29,6 +29,10 @@ ap.add_argument("--runs", type=int, default=5)
 ap.add_argument("--lines", type=int, default=1_000_000)
 ap.add_argument("--sink", choices=["pipe", "file"], default="pipe")
 ap.add_argument("--pin", action="store_true", help="producer on CPU 0; candidate and consumer on CPU 1")
+ap.add_argument("--own-session", action="store_true",
+                help="each candidate (the raw producer too) in a session of its own, as bench.py runs "
+                     "tools: with the kernel's autogroups on, the candidate's tree then shares the "
+                     "CPUs with the consumer as one group")
 ap.add_argument("candidates", nargs="+")
 a = ap.parse_args()
 prod = os.path.join(HERE, ".tools", "bin", "line-producer")
@@ -66,7 +70,7 @@ def run_pipe(c):
     s = subprocess.Popen(PIN1 + [sink, prefix], stdin=r, stdout=subprocess.PIPE)
     os.close(r)
     t = time.monotonic()
-    p = subprocess.Popen(argv_of(c), stdout=w, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(argv_of(c), stdout=w, stderr=subprocess.DEVNULL, start_new_session=a.own_session)
     os.close(w)
     _, _, ru = os.wait4(p.pid, 0)
     got = dict(kv.split("=") for kv in s.communicate()[0].decode().split())
@@ -102,7 +106,7 @@ for _ in range(a.runs):
     for c in a.candidates:
         for k, v in zip(res[c], (run_pipe if a.sink == "pipe" else run_file)(c)):
             k.append(v)
-print(f"sink: {a.sink}{'; pinned' if a.pin else ''}; {a.runs} runs; load average {os.getloadavg()[0]:.1f}")
+print(f"sink: {a.sink}{'; pinned' if a.pin else ''}{'; own sessions' if a.own_session else ''}; {a.runs} runs; load average {os.getloadavg()[0]:.1f}")
 raw = statistics.median(res["raw"][0]) if "raw" in res else None
 for c, (w, cpu, lost, ooo) in res.items():
     line = f"{c}: wall {min(w):.3f} / {statistics.median(w):.3f} / {max(w):.3f} s"
