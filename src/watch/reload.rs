@@ -244,9 +244,12 @@ async fn reload_one(
     let state = &shared.watch(idx);
     let at = crate::logs::now_ms();
     let t0 = Instant::now();
-    if via.is_some() {
-        state.info().reloading = true;
-    }
+    // A cascade reload shows as `reloading` while it runs, and then gives the flag back as it
+    // found it: the entry's own train may be in flight too (a `run` action whose step reloads
+    // this entry), and only that train's end may clear it.
+    let was_reloading = via
+        .is_some()
+        .then(|| std::mem::replace(&mut state.info().reloading, true));
     let r = request(shared, idx, count).await;
     let duration = t0.elapsed();
     let (outcome, error, log_tail) = match r {
@@ -287,8 +290,8 @@ async fn reload_one(
         cascade: vec![],
         action: None,
     };
-    if via.is_some() {
-        state.info().reloading = false;
+    if let Some(was) = was_reloading {
+        state.info().reloading = was;
         state.record(rec.clone());
     }
     rec
