@@ -896,6 +896,14 @@ class Bench:
                 if p.poll() is not None:
                     return
 
+    def shell_section(self, name, script, runs, timeout, env=None):
+        """Run bench/SCRIPT --json --md RUNS into the section's directory; its JSON or None."""
+        d = self.dir(name)
+        jf = os.path.join(d, name + ".json")
+        argv = [os.path.join(HERE, script), "--json", jf, "--md", os.path.join(d, name + ".md"),
+                str(runs)]
+        return self.script(name, argv, jf, timeout, env)
+
     def script(self, name, argv, json_file, timeout, env=None):
         """Run a bench script, its output echoed to stderr; its JSON, or None once the section is
         marked failed (exit code or timeout and the last line it printed)."""
@@ -957,10 +965,7 @@ class Bench:
         if why:
             return self.skip_section(name, why)
         log(f"venv: make-venv uv vs pip, cold / cache / no-op, {runs} runs (real PyPI)")
-        d = self.dir(name)
-        jf = os.path.join(d, "venv.json")
-        got = self.script(name, [os.path.join(HERE, "venv-bench.sh"), "--json", jf,
-                                 "--md", os.path.join(d, "venv.md"), str(runs)], jf, runs * 900)
+        got = self.shell_section(name, "venv-bench.sh", runs, runs * 900)
         if got:
             self.results["benchmarks"][name] = self.venv_results(got)
 
@@ -992,12 +997,8 @@ class Bench:
         if why:
             return self.skip_section(name, why)
         log(f"critical: warm start critical path, 1 cold start + {plural(runs, 'warm start')}")
-        d = self.dir(name)
-        jf = os.path.join(d, "critical.json")
         env = dict(os.environ, DMP_CONTAINED_BIN=self.a.bin)
-        got = self.script(name, [os.path.join(HERE, "critical-path.sh"), "--json", jf,
-                                 "--md", os.path.join(d, "critical.md"), str(runs)], jf,
-                          900 + runs * 120, env)
+        got = self.shell_section(name, "critical-path.sh", runs, 900 + runs * 120, env)
         if got:
             ratio = stats(got["wall_over_links"])
             self.results["benchmarks"][name] = {
