@@ -16,7 +16,10 @@ pub struct Info {
     /// Why `auto` ended up polling, or why watching failed.
     pub note: Option<String>,
     pub pending: usize,
+    /// The entry's own train runs (set by its watcher's train driver).
     pub reloading: bool,
+    /// Cascade reloads of this entry in flight (another entry's train reloads it).
+    pub cascades: usize,
     pub reloads: u64,
     /// Why this entry still runs older code (its step failed).
     pub held: Option<String>,
@@ -115,7 +118,7 @@ impl WatchState {
             note: i.note.clone(),
             paused: *self.paused.borrow(),
             pending: i.pending,
-            reloading: i.reloading,
+            reloading: i.reloading || i.cascades > 0,
             reloads: i.reloads,
             held: i.held.clone(),
             trains: i.trains.iter().cloned().collect(),

@@ -9,7 +9,7 @@
 use super::actions::{self, LoopGuard};
 use crate::control::{Control, Shared};
 use crate::plan::{Kind, WatchAction};
-use crate::status::{CascadeRecord, TrainOutcome, TrainRecord};
+use crate::status::{CascadeRecord, TrainOutcome, TrainRecord, WatchState};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -231,6 +231,23 @@ async fn request(shared: &Shared, idx: usize, files: usize) -> Result<(), String
         .unwrap_or_else(|_| Err("the supervisor is stopping".into()))
 }
 
+/// A cascade reload of an entry in flight, counted in its watch state until dropped (also
+/// when the reload is cancelled).
+struct Cascade<'a>(&'a WatchState);
+
+impl<'a> Cascade<'a> {
+    fn mark(state: &'a WatchState) -> Cascade<'a> {
+        state.info().cascades += 1;
+        Cascade(state)
+    }
+}
+
+impl Drop for Cascade<'_> {
+    fn drop(&mut self) {
+        self.0.info().cascades -= 1;
+    }
+}
+
 /// Reloads one entry and returns its record (also stored when it came `via` a cascade).
 async fn reload_one(
     shared: &Shared,
@@ -244,12 +261,10 @@ async fn reload_one(
     let state = &shared.watch(idx);
     let at = crate::logs::now_ms();
     let t0 = Instant::now();
-    // A cascade reload shows as `reloading` while it runs, and then gives the flag back as it
-    // found it: the entry's own train may be in flight too (a `run` action whose step reloads
-    // this entry), and only that train's end may clear it.
-    let was_reloading = via
-        .is_some()
-        .then(|| std::mem::replace(&mut state.info().reloading, true));
+    // A cascade reload shows as `reloading` while it runs. It counts itself apart from the
+    // entry's own train, which may be in flight too (a `run` action whose step reloads this
+    // entry): each clears only its own mark.
+    let _cascade = via.is_some().then(|| Cascade::mark(state));
     let r = request(shared, idx, count).await;
     let duration = t0.elapsed();
     let (outcome, error, log_tail) = match r {
@@ -290,8 +305,7 @@ async fn reload_one(
         cascade: vec![],
         action: None,
     };
-    if let Some(was) = was_reloading {
-        state.info().reloading = was;
+    if via.is_some() {
         state.record(rec.clone());
     }
     rec
