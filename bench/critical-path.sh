@@ -15,14 +15,8 @@
 #       instead of bench/results-critical-path.md.
 # Results: stdout and bench/results-critical-path.md.
 set -euo pipefail
-JSON= MD=
-while [ $# -gt 0 ]; do
-    case $1 in
-        --json) JSON=$(realpath -m "$2"); shift 2 ;;
-        --md) MD=$(realpath -m "$2"); shift 2 ;;
-        *) break ;;
-    esac
-done
+. "$(dirname "$0")/out-args.sh" "$@"
+set -- ${REST[@]+"${REST[@]}"}
 cd "$(dirname "$0")/.."
 MD=${MD:-bench/results-critical-path.md}
 ROOT=$PWD

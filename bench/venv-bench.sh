@@ -16,14 +16,8 @@
 # from PyPI; each run gets its own empty cache dir (UV_CACHE_DIR / PIP_CACHE_DIR) for "cold".
 # Results: stdout and bench/results-venv.md.
 set -euo pipefail
-JSON= MD=
-while [ $# -gt 0 ]; do
-    case $1 in
-        --json) JSON=$(realpath -m "$2"); shift 2 ;;
-        --md) MD=$(realpath -m "$2"); shift 2 ;;
-        *) break ;;
-    esac
-done
+. "$(dirname "$0")/out-args.sh" "$@"
+set -- ${REST[@]+"${REST[@]}"}
 cd "$(dirname "$0")/.."
 MD=${MD:-bench/results-venv.md}
 ROOT=$PWD

@@ -401,7 +401,7 @@ optional = true
                         });
                         let want = format!("\"seq\":{last},");
                         if std::time::Instant::now() > until
-                            || String::from_utf8_lossy(&text).contains(&want)
+                            || memchr::memmem::find(&text, want.as_bytes()).is_some()
                         {
                             break;
                         }

@@ -29,20 +29,8 @@ pub(super) fn tmp_path(dir: &Path) -> PathBuf {
 /// Writes `bytes` to `path` atomically and durably: temp file in the same dir, fsync,
 /// rename, fsync of the directory. A crash leaves the old file or the new one, never half.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = tmp_path(dir);
-    let r = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    swap_in(path, bytes, true)
 }
 
 /// Replaces `path` with `bytes` atomically but not durably: temp file, rename, no fsync. For
@@ -50,8 +38,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// the new one, and the control loop never waits for the disk (two fsyncs cost milliseconds,
 /// more on overlayfs, at every start and exit of a process).
 pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = tmp_path(path.parent().unwrap_or(Path::new(".")));
-    let r = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
+    swap_in(path, bytes, false)
+}
+
+/// Writes a temp file beside `path` and renames it over `path` (`durable`: with the file and
+/// the directory fsynced); the temp file is removed on failure.
+fn swap_in(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tmp_path(dir);
+    let r = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        if durable {
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if durable {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    })();
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
